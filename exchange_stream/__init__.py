@@ -1,0 +1,1 @@
+"""exchange-stream: a healthcare data exchange as one Faust stream-processing application."""

@@ -1,0 +1,56 @@
+"""Every Prometheus metric of the service, declared in one place.
+
+Labels carry routes, statuses, kinds, stages and error types only: never a value from a record.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+ingest_requests_total = Counter(
+    "ingest_requests_total",
+    "HTTP ingest and tokenize requests by route and response status.",
+    ["route", "status"],
+    registry=REGISTRY,
+)
+ingest_latency_seconds = Histogram(
+    "ingest_latency_seconds",
+    "Time from request received to response, by route.",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+outbox_pending = Gauge(
+    "outbox_pending",
+    "Outbox rows not yet published, as last seen by this worker's relay.",
+    registry=REGISTRY,
+)
+outbox_published_total = Counter(
+    "outbox_published_total", "Outbox rows published to Kafka by this worker.", registry=REGISTRY
+)
+outbox_publish_failures_total = Counter(
+    "outbox_publish_failures_total",
+    "Outbox publish batches that failed (rows stay pending and are retried).",
+    registry=REGISTRY,
+)
+outbox_relay_latency_seconds = Histogram(
+    "outbox_relay_latency_seconds",
+    "Time from outbox row creation to its publish acknowledgement.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+readiness_checks_total = Counter(
+    "readiness_checks_total",
+    "Dependency checks made by /readyz, by dependency and outcome.",
+    ["dependency", "outcome"],
+    registry=REGISTRY,
+)
+
+
+def render() -> bytes:
+    """The registry in the Prometheus text format."""
+    return generate_latest(REGISTRY)

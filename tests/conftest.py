@@ -1,0 +1,73 @@
+"""Shared fixtures: the real stack once per run, a migrated database, a running worker."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import asyncpg
+import pytest
+
+from exchange_stream.config import Settings
+from exchange_stream.db import create_pool
+from exchange_stream.migrate import migrate
+from tests.support import ROOT, WorkerProcess
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings.from_env({})
+
+
+@pytest.fixture(scope="session")
+def stack() -> None:
+    """Start (or find running) Postgres, Kafka and S3, and create the topics."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "stack.sh"), "up"], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        pytest.fail(f"the stack did not come up:\n{result.stdout}\n{result.stderr}")
+
+
+@pytest.fixture(scope="session")
+async def migrated(stack: None, settings: Settings) -> None:
+    await migrate(settings.dsn)
+
+
+@pytest.fixture(scope="session")
+async def db(migrated: None, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(settings, max_size=10)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def worker(
+    migrated: None, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[WorkerProcess]:
+    """One worker for the whole run, as an operator would start it."""
+    proc = WorkerProcess(workdir=tmp_path_factory.mktemp("worker"))
+    proc.start()
+    try:
+        await proc.wait_healthy()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        yield session
+
+
+@pytest.fixture
+def restore_services() -> Iterator[list[str]]:
+    """Services a test stops are listed here and brought back up whatever happens."""
+    from tests.support import stack_service
+
+    stopped: list[str] = []
+    yield stopped
+    for name in stopped:
+        stack_service(name, "up")

@@ -1,0 +1,131 @@
+"""Test support: control of the real local stack and of worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK_SCRIPTS = ROOT / "scripts" / "stack"
+VENV_BIN = Path(sys.executable).parent
+
+
+def stack_service(name: str, action: str) -> None:
+    """Run ``scripts/stack/<name>.sh <action>`` (up, down, status) and fail loudly."""
+    result = subprocess.run(
+        ["bash", str(STACK_SCRIPTS / f"{name}.sh"), action],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{name} {action} failed:\n{result.stdout}\n{result.stderr}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[bool]], *, timeout: float = 30.0, interval: float = 0.2
+) -> None:
+    """Wait until ``probe()`` is true; fail with a timeout otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if await probe():
+                return
+        except Exception:
+            if time.monotonic() >= deadline:
+                raise
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class WorkerProcess:
+    """One ``exchange-stream worker`` subprocess with its own port, data dir and log file."""
+
+    workdir: Path
+    env_overrides: Mapping[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    starts: int = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "worker.log"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "ENV": "local",
+                "WEB_PORT": str(self.port),
+                "DATA_DIR": str(self.workdir / "data"),
+                "LOG_LEVEL": "INFO",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.env_overrides)
+        return env
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "exchange-stream"), "worker"],
+            cwd=self.workdir,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.starts += 1
+
+    async def wait_healthy(self, timeout: float = 60.0) -> None:
+        async def healthy() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"worker exited with {self.proc.returncode}; see {self.log_path}"
+                )
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"{self.base_url}/healthz") as r:
+                    return r.status == 200
+
+        await eventually(healthy, timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")

@@ -1,0 +1,1 @@
+"""aiohttp views and middleware served by the worker's web server."""

@@ -1,0 +1,52 @@
+"""POST /tokenize: the patient token for an identity, computed by the shared tokenizer."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from aiohttp import web
+
+from exchange_stream import metrics
+from exchange_stream.contracts import ContractViolation, check_request
+from exchange_stream.tokenizer import IdentityError
+from web.auth import Unauthorized, authenticate
+from web.ingest import read_body
+from web.keys import FAUST_APP
+from web.responses import error, json_response
+
+ROUTE = "/tokenize"
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    response = await _tokenize(request)
+    metrics.ingest_requests_total.labels(ROUTE, str(response.status)).inc()
+    metrics.ingest_latency_seconds.labels(ROUTE).observe(time.perf_counter() - started)
+    return response
+
+
+async def _tokenize(request: web.Request) -> web.Response:
+    app = request.app[FAUST_APP]
+    try:
+        authenticate(request.headers.get("Authorization"), app.settings)
+    except Unauthorized:
+        return error(401, "unauthorized")
+    try:
+        body = await read_body(request)
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, "payload too large")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return error(400, "invalid JSON")
+    if not isinstance(doc, dict):
+        return error(400, "body must be a JSON object")
+    try:
+        check_request("TokenizeRequest", doc)
+        token = app.tokenizer.token(
+            doc["given_name"], doc["family_name"], doc["dob"], doc.get("ssn")
+        )
+    except (ContractViolation, IdentityError) as exc:
+        return error(400, str(exc))
+    return json_response({"patient_token": token})
