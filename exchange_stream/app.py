@@ -12,7 +12,9 @@ from typing import Any
 import faust
 from mode import ServiceT
 
+from exchange_stream import agents
 from exchange_stream.config import Settings
+from exchange_stream.normalize import Normalizer
 from exchange_stream.outbox import OutboxRelay
 from exchange_stream.runtime import Runtime
 from exchange_stream.tokenizer import Tokenizer
@@ -28,6 +30,7 @@ class ExchangeApp(faust.App):
     runtime: Runtime
     relay: OutboxRelay
     tokenizer: Tokenizer
+    normalizer: Normalizer
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
         # The runtime first: every other part borrows its pool and S3 client.
@@ -64,4 +67,5 @@ def create_app(settings: Settings) -> ExchangeApp:
     app.runtime = Runtime(settings, beacon=app.beacon)
     app.relay = OutboxRelay(settings, app.runtime, beacon=app.beacon)
     app.tokenizer = Tokenizer(settings.tokenizer_hmac_secret)
+    agents.register(app)
     return app

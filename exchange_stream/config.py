@@ -7,7 +7,7 @@ so a misconfigured deployment stops at start instead of running with a well-know
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -53,6 +53,8 @@ class Settings:
     max_attempts: int = 5
     backoff_base_ms: int = 200
     web_port: int = 8080
+    normalizer_concurrency: int = 4
+    pg_pool_size: int = 20
     web_bind: str = "127.0.0.1"
     app_id: str = "exchange-stream"
     log_level: str = "INFO"
@@ -158,32 +160,45 @@ class Settings:
             max_attempts=get_int("MAX_ATTEMPTS", 5, 1),
             backoff_base_ms=get_int("BACKOFF_BASE_MS", 200, 0),
             web_port=get_int("WEB_PORT", 8080, 0),
+            normalizer_concurrency=get_int("NORMALIZER_CONCURRENCY", 4, 1),
+            pg_pool_size=get_int("PG_POOL_SIZE", 20, 2),
             web_bind=get("WEB_BIND", "127.0.0.1"),
             app_id=get("APP_ID", "exchange-stream"),
             log_level=get("LOG_LEVEL", "INFO").upper(),
             data_dir=get("DATA_DIR", "exchange-stream-data"),
         )
-        settings.check()
+        settings.check(name for name in _SECRET_DEFAULTS if e.get(name))
         return settings
 
-    def check(self) -> None:
-        """Refuse default or empty secrets outside ``ENV=local``; name the variables, not values."""
+    def check(self, explicitly_set: Iterable[str] = ()) -> None:
+        """Outside ``ENV=local``: every secret must come from the environment, and the two keys
+        this service owns must not be the local placeholders nor shorter than 16 characters.
+        Messages name variables, never values."""
         if self.is_local:
             return
-        current = {
+        given = set(explicitly_set)
+        secrets = {
             "POSTGRES_PASSWORD": self.postgres_password,
             "MINIO_SECRET_KEY": self.minio_secret_key,
             "JWT_SECRET": self.jwt_secret,
             "TOKENIZER_HMAC_SECRET": self.tokenizer_hmac_secret,
         }
         if self.database_url:
-            # The password then travels inside DATABASE_URL; the POSTGRES_* default is unused.
-            current.pop("POSTGRES_PASSWORD")
-        unsafe = sorted(
-            name for name, value in current.items() if not value or value == _SECRET_DEFAULTS[name]
-        )
-        if unsafe:
+            # The password then travels inside DATABASE_URL; POSTGRES_PASSWORD is unused.
+            secrets.pop("POSTGRES_PASSWORD")
+        unset = sorted(name for name in secrets if name not in given)
+        if unset:
             raise ConfigError(
-                f"ENV={self.env} refuses default or empty secrets: set {', '.join(unsafe)} "
-                "in the environment (defaults are allowed only with ENV=local)"
+                f"ENV={self.env} refuses default secrets: set {', '.join(unset)} in the "
+                "environment (defaults are allowed only with ENV=local)"
+            )
+        weak = sorted(
+            name
+            for name in ("JWT_SECRET", "TOKENIZER_HMAC_SECRET")
+            if secrets[name] == _SECRET_DEFAULTS[name] or len(secrets[name]) < 16
+        )
+        if weak:
+            raise ConfigError(
+                f"ENV={self.env} refuses weak secrets: {', '.join(weak)} must be at least "
+                "16 characters and not the local placeholder"
             )

@@ -43,6 +43,42 @@ outbox_relay_latency_seconds = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+normalizer_records_total = Counter(
+    "normalizer_records_total",
+    "Records finished by the normalizer: outcome canonical or duplicate, by kind and hint.",
+    ["outcome", "record_kind", "schema_hint"],
+    registry=REGISTRY,
+)
+normalizer_failures_total = Counter(
+    "normalizer_failures_total",
+    "Failed normalizer attempts by stage and error type (retried or dead-lettered).",
+    ["stage", "error_type"],
+    registry=REGISTRY,
+)
+dlq_published_total = Counter(
+    "dlq_published_total",
+    "Events published to a DLQ topic, by stage and error type.",
+    ["stage", "error_type"],
+    registry=REGISTRY,
+)
+normalizer_end_to_end_seconds = Histogram(
+    "normalizer_end_to_end_seconds",
+    "Time from the event's occurred_at to its canonical row's commit.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+    registry=REGISTRY,
+)
+normalizer_batch_size = Histogram(
+    "normalizer_batch_size",
+    "Messages per normalizer batch.",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500),
+    registry=REGISTRY,
+)
+normalizer_consumer_lag = Gauge(
+    "normalizer_consumer_lag",
+    "Messages behind the partition's high watermark, as of the last batch.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
 readiness_checks_total = Counter(
     "readiness_checks_total",
     "Dependency checks made by /readyz, by dependency and outcome.",

@@ -18,7 +18,6 @@ from typing import Any
 import asyncpg
 import mode
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from exchange_stream import metrics
 from exchange_stream.config import Settings
@@ -41,16 +40,12 @@ class OutboxRelay(mode.Service):
         self.settings = settings
         self.runtime = runtime
         self._wake = asyncio.Event()
-        self._producer: AIOKafkaProducer | None = None
         self._listener: asyncpg.Connection | None = None
         self._pending_checked_at = 0.0
         super().__init__(**kwargs)
 
     async def on_stop(self) -> None:
         await self._close_listener()
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
 
     @mode.Service.task
     async def _relay_loop(self) -> None:
@@ -58,7 +53,6 @@ class OutboxRelay(mode.Service):
         while not self.should_stop:
             try:
                 await self._ensure_listener()
-                await self._ensure_producer()
                 published = await self.drain()
                 failures = 0
                 await self._report_pending()
@@ -88,20 +82,15 @@ class OutboxRelay(mode.Service):
         return total
 
     async def _publish_batch(self) -> int:
-        assert self._producer is not None
         async with self.runtime.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(q("outbox_claim"), self.batch_size)
             if not rows:
                 return 0
             ids = [r["id"] for r in rows]
             try:
-                futures = [
-                    await self._producer.send(
-                        r["topic"], value=orjson.dumps(r["payload"]), key=r["key"].encode()
-                    )
-                    for r in rows
-                ]
-                await asyncio.gather(*futures)
+                await self.runtime.publisher.send_many(
+                    (r["topic"], r["key"].encode(), orjson.dumps(r["payload"])) for r in rows
+                )
             except Exception as exc:
                 raise PublishFailed(ids, type(exc).__name__) from exc
             await conn.execute(q("outbox_mark_published"), ids)
@@ -149,24 +138,6 @@ class OutboxRelay(mode.Service):
             except Exception:
                 self._listener.terminate()
             self._listener = None
-
-    async def _ensure_producer(self) -> None:
-        if self._producer is not None:
-            return
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.broker_list,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=1,
-            request_timeout_ms=15000,
-            client_id=f"{self.settings.app_id}-outbox-relay",
-        )
-        try:
-            await producer.start()
-        except Exception:
-            await producer.stop()
-            raise
-        self._producer = producer
 
     async def _report_pending(self) -> None:
         now = time.monotonic()

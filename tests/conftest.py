@@ -71,3 +71,32 @@ def restore_services() -> Iterator[list[str]]:
     yield stopped
     for name in stopped:
         stack_service(name, "up")
+
+
+STRICT_ENV = {
+    "ENV": "staging",
+    "JWT_SECRET": "test-jwt-secret-0123456789abcdef",
+    "JWT_ISSUER": "https://issuer.test",
+    "JWT_AUDIENCE": "exchange-stream-test",
+    "TOKENIZER_HMAC_SECRET": "test-hmac-secret",
+    # The local stack's credentials, passed explicitly as a real deployment would.
+    "POSTGRES_PASSWORD": "exchange",
+    "MINIO_SECRET_KEY": "minioadmin",
+}
+
+
+@pytest.fixture(scope="session")
+async def strict_worker(
+    migrated: None, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[WorkerProcess]:
+    """A worker with ENV=staging: JWTs only, every secret set explicitly."""
+    proc = WorkerProcess(
+        workdir=tmp_path_factory.mktemp("strict-worker"),
+        env_overrides={**STRICT_ENV, "APP_ID": "exchange-stream-strict"},
+    )
+    proc.start()
+    try:
+        await proc.wait_healthy()
+        yield proc
+    finally:
+        proc.stop()

@@ -129,3 +129,77 @@ class WorkerProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+async def post_json(
+    http: aiohttp.ClientSession,
+    url: str,
+    body: object | bytes,
+    *,
+    key: str | None = None,
+    token: str | None = "dev",
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, dict, Mapping[str, str]]:
+    """POST ``body`` (JSON-encoded unless already bytes) and return status, JSON body, headers."""
+    import orjson
+
+    h = {"Content-Type": "application/json"}
+    if token is not None:
+        h["Authorization"] = f"Bearer {token}"
+    if key is not None:
+        h["Idempotency-Key"] = key
+    h.update(headers or {})
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    async with http.post(url, data=data, headers=h) as r:
+        raw = await r.read()
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = {"_raw": raw.decode(errors="replace")}
+        return r.status, parsed, r.headers
+
+
+class TopicReader:
+    """Reads a topic from the offsets it had when created: what tests produce after that."""
+
+    def __init__(self, brokers: list[str], topic: str) -> None:
+        self.brokers = brokers
+        self.topic = topic
+        self.start: dict = {}
+
+    async def __aenter__(self) -> TopicReader:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.brokers)
+        await admin.start()
+        try:
+            (described,) = await admin.describe_topics([self.topic])
+        finally:
+            await admin.close()
+        parts = [p["partition"] for p in described["partitions"]]
+        if not parts:
+            raise RuntimeError(f"topic {self.topic} does not exist")
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.brokers, enable_auto_commit=False, group_id=None
+        )
+        await self.consumer.start()
+        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        self.consumer.assign(tps)
+        self.start = await self.consumer.end_offsets(tps)
+        for tp, off in self.start.items():
+            self.consumer.seek(tp, off)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+
+    async def collect(self, until: Callable[[list], bool], timeout: float = 30.0) -> list:
+        """Messages since start, until ``until(messages)`` is true or ``timeout`` passes."""
+        messages: list = []
+        deadline = time.monotonic() + timeout
+        while not until(messages) and time.monotonic() < deadline:
+            batch = await self.consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                messages.extend(records)
+        return messages

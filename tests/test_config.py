@@ -12,8 +12,8 @@ from exchange_stream.config import ConfigError, Settings
 SECRETS = {
     "POSTGRES_PASSWORD": "pg-s3cret-value",
     "MINIO_SECRET_KEY": "s3-s3cret-value",
-    "JWT_SECRET": "jwt-s3cret-value",
-    "TOKENIZER_HMAC_SECRET": "hmac-s3cret-value",
+    "JWT_SECRET": "jwt-s3cret-value-0123456789",
+    "TOKENIZER_HMAC_SECRET": "hmac-s3cret-value-0123456789",
 }
 
 
@@ -49,7 +49,21 @@ def test_default_secret_is_refused_outside_local(missing: str) -> None:
 
 def test_all_secrets_set_is_accepted_outside_local() -> None:
     s = Settings.from_env({"ENV": "production", **SECRETS})
-    assert s.jwt_secret == "jwt-s3cret-value"
+    assert s.jwt_secret == "jwt-s3cret-value-0123456789"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("JWT_SECRET", "short"),
+        ("JWT_SECRET", "dev-jwt-secret-change-me"),
+        ("TOKENIZER_HMAC_SECRET", "short"),
+        ("TOKENIZER_HMAC_SECRET", "dev-tokenizer-secret-change-me"),
+    ],
+)
+def test_weak_or_placeholder_keys_are_refused_outside_local(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({"ENV": "production", **SECRETS, name: value})
 
 
 def test_database_url_replaces_the_postgres_parts() -> None:

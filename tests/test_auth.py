@@ -1,0 +1,124 @@
+"""Authentication on ingest and tokenize (SPEC §4): strict JWTs; `Bearer dev` only when local."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import aiohttp
+import jwt
+import orjson
+import pytest
+
+from tests.conftest import STRICT_ENV
+from tests.payloads import new_key, v2_body
+from tests.support import WorkerProcess, post_json
+
+SECRET = STRICT_ENV["JWT_SECRET"]
+ISS = STRICT_ENV["JWT_ISSUER"]
+AUD = STRICT_ENV["JWT_AUDIENCE"]
+
+
+def claims(**overrides) -> dict:
+    now = int(time.time())
+    base = {"iss": ISS, "aud": AUD, "sub": "partner-7", "iat": now, "exp": now + 300}
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def good_token() -> str:
+    return jwt.encode(claims(), SECRET, algorithm="HS256")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def alg_none_token() -> str:
+    header = _b64(orjson.dumps({"alg": "none", "typ": "JWT"}))
+    return f"{header}.{_b64(orjson.dumps(claims()))}."
+
+
+def rs256_token() -> str:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return jwt.encode(claims(), key, algorithm="RS256")
+
+
+BAD_TOKENS = {
+    "no header": None,
+    "dev shortcut outside local": "dev",
+    "wrong signature": lambda: jwt.encode(
+        claims(), "another-secret-0123456789abcdef-0123456789", algorithm="HS256"
+    ),
+    "alg none": alg_none_token,
+    "rs256": rs256_token,
+    "hs512": lambda: jwt.encode(claims(), SECRET, algorithm="HS512"),
+    "expired": lambda: jwt.encode(claims(exp=int(time.time()) - 10), SECRET, algorithm="HS256"),
+    "wrong issuer": lambda: jwt.encode(claims(iss="https://evil.test"), SECRET, algorithm="HS256"),
+    "wrong audience": lambda: jwt.encode(claims(aud="someone-else"), SECRET, algorithm="HS256"),
+    "no exp": lambda: jwt.encode(claims(exp=None), SECRET, algorithm="HS256"),
+    "no iss": lambda: jwt.encode(claims(iss=None), SECRET, algorithm="HS256"),
+    "not yet valid": lambda: jwt.encode(
+        claims(nbf=int(time.time()) + 600), SECRET, algorithm="HS256"
+    ),
+    "garbage": "not.a.jwt",
+    "basic scheme": "basic",
+}
+
+
+def _header_for(name: str) -> dict[str, str] | None:
+    spec = BAD_TOKENS[name]
+    if spec is None:
+        return None
+    if name == "basic scheme":
+        return {"Authorization": "Basic dXNlcjpwYXNz"}
+    token = spec() if callable(spec) else spec
+    return {"Authorization": f"Bearer {token}"}
+
+
+# Signing HS512 with the service's 32-byte key is the point of that case; PyJWT warns about it.
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+@pytest.mark.parametrize("name", sorted(BAD_TOKENS))
+@pytest.mark.parametrize("route", ["/v2/ingest", "/tokenize"])
+async def test_bad_credentials_are_401(
+    strict_worker: WorkerProcess, http: aiohttp.ClientSession, name: str, route: str
+) -> None:
+    body = (
+        v2_body()
+        if route == "/v2/ingest"
+        else {"given_name": "Ada", "family_name": "Lovelace", "dob": "1815-12-10"}
+    )
+    status, resp, _ = await post_json(
+        http,
+        f"{strict_worker.base_url}{route}",
+        body,
+        key=new_key(),
+        token=None,
+        headers=_header_for(name),
+    )
+    assert (status, resp) == (401, {"error": "unauthorized"})
+
+
+async def test_good_token_is_accepted(
+    strict_worker: WorkerProcess, http: aiohttp.ClientSession
+) -> None:
+    status, resp, _ = await post_json(
+        http, f"{strict_worker.base_url}/v2/ingest", v2_body(), key=new_key(), token=good_token()
+    )
+    assert status == 202, resp
+
+
+async def test_dev_shortcut_works_when_local(
+    worker: WorkerProcess, http: aiohttp.ClientSession
+) -> None:
+    status, _, _ = await post_json(http, f"{worker.base_url}/v2/ingest", v2_body(), key=new_key())
+    assert status == 202
+
+
+async def test_health_endpoints_need_no_credentials(
+    strict_worker: WorkerProcess, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(f"{strict_worker.base_url}/healthz") as r:
+        assert r.status == 200

@@ -1,0 +1,67 @@
+"""POST /tokenize through HTTP, against an HMAC computed independently in the test."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import aiohttp
+import pytest
+
+from tests.support import WorkerProcess, post_json
+
+LOCAL_SECRET = "dev-tokenizer-secret-change-me"  # the local default of TOKENIZER_HMAC_SECRET
+
+
+def expected(g: str, f: str, d: str, s: str = "") -> str:
+    msg = f"given_name={g}|family_name={f}|dob={d}|ssn={s}".encode()
+    return hmac.new(LOCAL_SECRET.encode(), msg, hashlib.sha256).hexdigest()
+
+
+async def _tokenize(http, worker, body):
+    return await post_json(http, f"{worker.base_url}/tokenize", body)
+
+
+async def test_token_matches_the_documented_hmac(
+    worker: WorkerProcess, http: aiohttp.ClientSession
+) -> None:
+    status, body, _ = await _tokenize(
+        http,
+        worker,
+        {
+            "given_name": "  Mary\u00a0 Ann ",
+            "family_name": "O'NEIL",
+            "dob": "1990-01-31",
+            "ssn": "123-45-6789",
+        },
+    )
+    assert status == 200
+    assert body == {"patient_token": expected("mary ann", "o'neil", "1990-01-31", "123456789")}
+
+
+@pytest.mark.parametrize("ssn", [{}, {"ssn": None}, {"ssn": ""}])
+async def test_ssn_absent_null_and_empty_agree(worker, http, ssn) -> None:
+    status, body, _ = await _tokenize(
+        http, worker, {"given_name": "Ada", "family_name": "Lovelace", "dob": "1815-12-10", **ssn}
+    )
+    assert (status, body) == (200, {"patient_token": expected("ada", "lovelace", "1815-12-10")})
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"given_name": "A", "family_name": "B", "dob": "2023-02-29"}, "invalid field: dob"),
+        (
+            {"given_name": "A", "family_name": "B", "dob": "2023-01-01", "mrn": "1"},
+            "unknown field: mrn",
+        ),
+        ({"family_name": "B", "dob": "2023-01-01"}, "missing field: given_name"),
+        (
+            {"given_name": "A", "family_name": "B", "dob": "2023-01-01", "ssn": 5},
+            "invalid field: ssn",
+        ),
+    ],
+)
+async def test_bad_identities_are_400(worker, http, body, error) -> None:
+    status, resp, _ = await _tokenize(http, worker, body)
+    assert (status, resp) == (400, {"error": error})
