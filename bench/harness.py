@@ -1,0 +1,109 @@
+"""Shared benchmark plumbing: closed-loop load at a fixed concurrency, percentiles, tables."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass
+class Result:
+    name: str
+    concurrency: int
+    ops: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+    @property
+    def per_second(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+
+def percentile(samples: list[float], pct: float) -> float:
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+async def closed_loop(
+    name: str,
+    concurrency: int,
+    op: Callable[[int], Awaitable[bool]],
+    *,
+    duration_s: float,
+    warmup_ops: int = 20,
+) -> Result:
+    """``concurrency`` workers call ``op(i)`` back to back for ``duration_s``; ``op`` returns
+    whether the call succeeded. Latency is per call; throughput counts successes only."""
+    for i in range(warmup_ops):
+        await op(-1 - i)
+    latencies: list[float] = []
+    errors = 0
+    counter = 0
+    deadline = time.perf_counter() + duration_s
+
+    async def worker() -> None:
+        nonlocal errors, counter
+        while time.perf_counter() < deadline:
+            counter += 1
+            started = time.perf_counter()
+            ok = await op(counter)
+            elapsed = time.perf_counter() - started
+            if ok:
+                latencies.append(elapsed * 1000)
+            else:
+                errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+    return Result(
+        name=name,
+        concurrency=concurrency,
+        ops=len(latencies),
+        errors=errors,
+        seconds=seconds,
+        p50_ms=statistics.median(latencies) if latencies else float("nan"),
+        p95_ms=percentile(latencies, 95),
+        p99_ms=percentile(latencies, 99),
+    )
+
+
+def print_table(title: str, rows: list[Result], extra: dict[str, str] | None = None) -> None:
+    print(f"\n{title}")
+    print(
+        f"{'what':<34}{'conc':>5}{'ops/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r.name:<34}{r.concurrency:>5}{r.per_second:>10.1f}{r.p50_ms:>9.2f}"
+            f"{r.p95_ms:>9.2f}{r.p99_ms:>9.2f}{r.errors:>8}"
+        )
+    for k, v in (extra or {}).items():
+        print(f"{k}: {v}")
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def default(o: object) -> object:
+        if isinstance(o, Result):
+            return {**asdict(o), "per_second": o.per_second}
+        raise TypeError(type(o))
+
+    path.write_text(json.dumps(payload, indent=2, default=default))
+    print(f"\nwrote {path.relative_to(ROOT)}")

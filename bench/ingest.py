@@ -1,0 +1,208 @@
+"""Ingest benchmark: sustained POST /v2/ingest beside its two ceilings, measured in one run.
+
+    .venv/bin/python bench/ingest.py [--concurrency 1,8,32,64] [--duration 6]
+
+Needs the stack (`make stack`) and a migrated database. It starts its own worker on a free port.
+Rows, at each client concurrency:
+  http /v2/ingest   the whole request through the worker (auth, validation, S3, transaction)
+  ceiling: db txn   the same Postgres transaction through asyncpg alone (no HTTP, no S3)
+  ceiling: s3 put   PUTs of the same bodies alone (no HTTP, no database)
+The worker also normalizes what it accepts, as it would in production, on the same 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import aiohttp
+import orjson
+from harness import ROOT, Result, closed_loop, print_table, write_json
+
+from exchange_stream.config import Settings
+from exchange_stream.db import create_pool
+from exchange_stream.ingest import build_event, object_key
+from exchange_stream.sql import q
+from exchange_stream.storage import open_store
+from tests.fhir_fixtures import fhir_records
+from tests.support import free_port
+
+
+def bodies() -> list[bytes]:
+    """Real FHIR resources as /v2/ingest bodies (about 1-3 KiB each)."""
+    out = []
+    for rec in fhir_records():
+        out.append(
+            orjson.dumps(
+                {
+                    "source": "bench-partner",
+                    "record_kind": rec["record_kind"],
+                    "schema_hint": "partnerB.v1",
+                    "patient": rec["patient"],
+                    "payload": rec["resource"],
+                }
+            )
+        )
+    return out
+
+
+def spawn_worker(workdir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "WEB_PORT": str(port), "DATA_DIR": str(workdir / "data")}
+    log = (workdir / "worker.log").open("wb")
+    proc = subprocess.Popen(
+        [str(ROOT / ".venv/bin/exchange-stream"), "worker"],
+        env=env,
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def wait_ready(url: str, log_path: Path) -> None:
+    async with aiohttp.ClientSession() as s:
+        for _ in range(300):
+            try:
+                async with s.get(f"{url}/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"worker did not become ready; see {log_path}")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per row")
+    parser.add_argument("--output", default=str(ROOT / "bench/results/ingest.json"))
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    settings = Settings.from_env()
+    payloads = bodies()
+    cycle = itertools.cycle(payloads)
+    results: list[Result] = []
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = spawn_worker(Path(tmp))
+        try:
+            await wait_ready(url, Path(tmp) / "worker.log")
+            connector = aiohttp.TCPConnector(limit=max(levels) * 2)
+            async with aiohttp.ClientSession(connector=connector) as http:
+                headers = {"Authorization": "Bearer dev", "Content-Type": "application/json"}
+
+                async def http_op(_: int) -> bool:
+                    h = {**headers, "Idempotency-Key": f"bench-{uuid.uuid4()}"}
+                    async with http.post(f"{url}/v2/ingest", data=next(cycle), headers=h) as r:
+                        await r.read()
+                        return r.status == 202
+
+                for c in levels:
+                    results.append(
+                        await closed_loop("http /v2/ingest", c, http_op, duration_s=args.duration)
+                    )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    pool = await create_pool(settings, max_size=settings.pg_pool_size)
+    try:
+
+        async def db_op(_: int) -> bool:
+            body = next(cycle)
+            record_id = str(uuid.uuid4())
+            key = object_key("bench-partner", record_id)
+            sha = uuid.uuid4().hex * 2
+            event = build_event(
+                version="2",
+                record_id=record_id,
+                source="bench-partner",
+                bucket=settings.raw_bucket,
+                key=key,
+                sha256=sha,
+                size_bytes=len(body),
+                correlation_id=record_id,
+                record_kind="encounter",
+                schema_hint="partnerB.v1",
+            )
+            idem = f"bench-db-{record_id}"
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.fetchrow(q("ingest_lock_and_lookup"), idem)
+                await conn.execute(
+                    q("ingest_record"),
+                    uuid.UUID(record_id),
+                    "bench-partner",
+                    settings.raw_bucket,
+                    key,
+                    sha,
+                    len(body),
+                    # A topic no relay publishes from: these rows must not reach the normalizer.
+                    "bench.ceiling.unpublished",
+                    event,
+                    record_id,
+                    "bench",
+                    {},
+                    idem,
+                    {"record_id": record_id, "correlation_id": record_id},
+                    "/v2/ingest",
+                )
+            return True
+
+        for c in levels:
+            results.append(
+                await closed_loop("ceiling: db txn (asyncpg)", c, db_op, duration_s=args.duration)
+            )
+        # The ceiling's rows are not records: remove them so nothing downstream sees them.
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "DELETE FROM outbox_events WHERE topic = 'bench.ceiling.unpublished'"
+            )
+    finally:
+        await pool.close()
+
+    async with open_store(settings) as store:
+
+        async def s3_op(_: int) -> bool:
+            await store.put(f"bench-ceiling/{uuid.uuid4()}.json", next(cycle))
+            return True
+
+        for c in levels:
+            results.append(
+                await closed_loop("ceiling: s3 put (aioboto3)", c, s3_op, duration_s=args.duration)
+            )
+
+    by = {(r.name, r.concurrency): r for r in results}
+    ratios = {}
+    for c in levels:
+        h = by[("http /v2/ingest", c)].per_second
+        lower = min(
+            by[("ceiling: db txn (asyncpg)", c)].per_second,
+            by[("ceiling: s3 put (aioboto3)", c)].per_second,
+        )
+        ratios[str(c)] = round(h / lower, 3) if lower else None
+    print_table(
+        f"/v2/ingest vs ceilings, {args.duration:.0f} s per row, {len(payloads)} FHIR bodies "
+        f"(mean {sum(map(len, payloads)) // len(payloads)} B)",
+        sorted(results, key=lambda r: (r.concurrency, r.name)),
+        {
+            "ingest / lower ceiling, by concurrency": ", ".join(
+                f"{k}: {v}" for k, v in ratios.items()
+            )
+        },
+    )
+    write_json(
+        Path(args.output),
+        {"results": results, "ratio_to_lower_ceiling": ratios, "duration_s": args.duration},
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
