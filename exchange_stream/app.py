@@ -55,6 +55,11 @@ def create_app(settings: Settings) -> ExchangeApp:
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # A SIGKILLed worker's partitions move to the others after the session timeout (10 s by
+        # default), not Faust's 60 s.
+        broker_session_timeout=float(settings.kafka_session_timeout_s),
+        broker_heartbeat_interval=settings.kafka_session_timeout_s / 5,
+        broker_rebalance_timeout=float(settings.kafka_session_timeout_s * 2),
         web_enabled=True,
         web_bind=settings.web_bind,
         web_port=settings.web_port,

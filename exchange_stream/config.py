@@ -55,6 +55,7 @@ class Settings:
     web_port: int = 8080
     normalizer_concurrency: int = 4
     pg_pool_size: int = 20
+    kafka_session_timeout_s: int = 10
     web_bind: str = "127.0.0.1"
     app_id: str = "exchange-stream"
     log_level: str = "INFO"
@@ -162,6 +163,7 @@ class Settings:
             web_port=get_int("WEB_PORT", 8080, 0),
             normalizer_concurrency=get_int("NORMALIZER_CONCURRENCY", 4, 1),
             pg_pool_size=get_int("PG_POOL_SIZE", 20, 2),
+            kafka_session_timeout_s=get_int("KAFKA_SESSION_TIMEOUT_S", 10, 6),
             web_bind=get("WEB_BIND", "127.0.0.1"),
             app_id=get("APP_ID", "exchange-stream"),
             log_level=get("LOG_LEVEL", "INFO").upper(),

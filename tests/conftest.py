@@ -14,6 +14,15 @@ from exchange_stream.db import create_pool
 from exchange_stream.migrate import migrate
 from tests.support import ROOT, WorkerProcess
 
+# Both test workers share the consumer group and these settings, so either may process an event.
+WORKER_MAX_ATTEMPTS = 3
+SHARED_WORKER_ENV = {
+    "APP_ID": "exchange-stream-test",
+    "TOKENIZER_HMAC_SECRET": "test-hmac-secret-0123456789",
+    "MAX_ATTEMPTS": str(WORKER_MAX_ATTEMPTS),
+    "BACKOFF_BASE_MS": "100",
+}
+
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
@@ -47,7 +56,7 @@ async def worker(
     migrated: None, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[WorkerProcess]:
     """One worker for the whole run, as an operator would start it."""
-    proc = WorkerProcess(workdir=tmp_path_factory.mktemp("worker"))
+    proc = WorkerProcess(workdir=tmp_path_factory.mktemp("worker"), env_overrides=SHARED_WORKER_ENV)
     proc.start()
     try:
         await proc.wait_healthy()
@@ -78,7 +87,6 @@ STRICT_ENV = {
     "JWT_SECRET": "test-jwt-secret-0123456789abcdef",
     "JWT_ISSUER": "https://issuer.test",
     "JWT_AUDIENCE": "exchange-stream-test",
-    "TOKENIZER_HMAC_SECRET": "test-hmac-secret",
     # The local stack's credentials, passed explicitly as a real deployment would.
     "POSTGRES_PASSWORD": "exchange",
     "MINIO_SECRET_KEY": "minioadmin",
@@ -92,7 +100,7 @@ async def strict_worker(
     """A worker with ENV=staging: JWTs only, every secret set explicitly."""
     proc = WorkerProcess(
         workdir=tmp_path_factory.mktemp("strict-worker"),
-        env_overrides={**STRICT_ENV, "APP_ID": "exchange-stream-strict"},
+        env_overrides={**SHARED_WORKER_ENV, **STRICT_ENV},
     )
     proc.start()
     try:

@@ -203,3 +203,19 @@ class TopicReader:
             for records in batch.values():
                 messages.extend(records)
         return messages
+
+
+async def wait_canonical(db, record_ids: list[str], timeout: float = 60.0) -> list:
+    """Wait until every record id has a canonical row; return the rows."""
+    import uuid as _uuid
+
+    ids = [_uuid.UUID(r) for r in record_ids]
+
+    async def all_there() -> bool:
+        n = await db.fetchval(
+            "SELECT count(*) FROM canonical_records WHERE record_id = ANY($1)", ids
+        )
+        return n == len(ids)
+
+    await eventually(all_there, timeout=timeout)
+    return await db.fetch("SELECT * FROM canonical_records WHERE record_id = ANY($1)", ids)

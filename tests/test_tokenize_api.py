@@ -8,14 +8,15 @@ import hmac
 import aiohttp
 import pytest
 
+from tests.conftest import SHARED_WORKER_ENV
 from tests.support import WorkerProcess, post_json
 
-LOCAL_SECRET = "dev-tokenizer-secret-change-me"  # the local default of TOKENIZER_HMAC_SECRET
+SECRET = SHARED_WORKER_ENV["TOKENIZER_HMAC_SECRET"]
 
 
 def expected(g: str, f: str, d: str, s: str = "") -> str:
     msg = f"given_name={g}|family_name={f}|dob={d}|ssn={s}".encode()
-    return hmac.new(LOCAL_SECRET.encode(), msg, hashlib.sha256).hexdigest()
+    return hmac.new(SECRET.encode(), msg, hashlib.sha256).hexdigest()
 
 
 async def _tokenize(http, worker, body):

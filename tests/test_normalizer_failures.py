@@ -1,0 +1,227 @@
+"""Redelivery, permanent and transient failures: one row, or the DLQ with a matching ledger."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+import aiohttp
+import asyncpg
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from exchange_stream.config import Settings
+from exchange_stream.ingest import build_event, object_key
+from exchange_stream.storage import open_store
+from tests.conftest import WORKER_MAX_ATTEMPTS
+from tests.payloads import new_key, v2_body
+from tests.support import (
+    TopicReader,
+    WorkerProcess,
+    eventually,
+    post_json,
+    stack_service,
+    wait_canonical,
+)
+
+
+@pytest.fixture
+async def producer(settings: Settings):
+    p = AIOKafkaProducer(bootstrap_servers=settings.broker_list, acks="all")
+    await p.start()
+    yield p
+    await p.stop()
+
+
+async def _raw_event(
+    settings: Settings, body: dict, *, sha256: str | None = None, store_it: bool = True
+) -> tuple[dict, bytes]:
+    """A v2 event for a raw object written straight to S3 (no manifest: not via ingest)."""
+    raw = orjson.dumps(body)
+    record_id = str(uuid.uuid4())
+    key = object_key(body["source"], record_id)
+    if store_it:
+        async with open_store(settings) as store:
+            await store.put(key, raw)
+    event = build_event(
+        version="2",
+        record_id=record_id,
+        source=body["source"],
+        bucket=settings.raw_bucket,
+        key=key,
+        sha256=sha256 or hashlib.sha256(raw).hexdigest(),
+        size_bytes=len(raw),
+        correlation_id=f"test-{record_id}",
+        record_kind=body["record_kind"],
+        schema_hint=body["schema_hint"],
+    )
+    return event, orjson.dumps(event)
+
+
+async def _attempts(db: asyncpg.Pool, record_id: str) -> list:
+    return await db.fetch(
+        "SELECT attempt_no, status, error_type, error_stage, transient FROM processing_attempts "
+        "WHERE record_id = $1 ORDER BY attempt_no",
+        uuid.UUID(record_id),
+    )
+
+
+async def _stage(db: asyncpg.Pool, record_id: str):
+    return await db.fetchrow(
+        "SELECT * FROM processing_stage_state WHERE record_id = $1", uuid.UUID(record_id)
+    )
+
+
+async def _dlq_for(reader: TopicReader, key: bytes, timeout: float = 60.0) -> dict:
+    messages = await reader.collect(lambda ms: any(m.key == key for m in ms), timeout=timeout)
+    ours = [m for m in messages if m.key == key]
+    assert len(ours) == 1, f"expected one DLQ message, got {len(ours)}"
+    return orjson.loads(ours[0].value)
+
+
+async def test_same_event_delivered_twice_makes_one_row(
+    worker: WorkerProcess, db: asyncpg.Pool, settings: Settings, producer: AIOKafkaProducer
+) -> None:
+    event, value = await _raw_event(settings, v2_body(source="redelivery"))
+    rid = event["record_id"]
+    await producer.send_and_wait(settings.topic_record_ingested_v2, value, key=rid.encode())
+    await wait_canonical(db, [rid])
+    await producer.send_and_wait(settings.topic_record_ingested_v2, value, key=rid.encode())
+
+    async def second_attempt_done() -> bool:
+        rows = await _attempts(db, rid)
+        return len(rows) == 2 and rows[1]["status"] == "succeeded"
+
+    await eventually(second_attempt_done, timeout=60)
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM canonical_records WHERE record_id = $1", uuid.UUID(rid)
+        )
+        == 1
+    )
+    results = await db.fetch(
+        "SELECT result FROM processing_attempts WHERE record_id = $1 ORDER BY attempt_no",
+        uuid.UUID(rid),
+    )
+    assert [r["result"]["canonical_row"] for r in results] == ["inserted", "existing"]
+
+
+async def test_checksum_mismatch_goes_to_dlq_after_one_attempt(
+    worker: WorkerProcess, db: asyncpg.Pool, settings: Settings, producer: AIOKafkaProducer
+) -> None:
+    event, value = await _raw_event(settings, v2_body(source="tampered"), sha256="0" * 64)
+    rid = event["record_id"]
+    async with TopicReader(settings.broker_list, settings.kafka_dlq_topic_v2) as reader:
+        await producer.send_and_wait(settings.topic_record_ingested_v2, value, key=rid.encode())
+        envelope = await _dlq_for(reader, rid.encode())
+    assert envelope["original_event"] == event
+    assert envelope["error"] == {
+        "type": "ChecksumMismatch",
+        "stage": "verify",
+        "message": "raw object differs from the event",
+    }
+    assert envelope["attempts"] == 1
+
+    async def marked() -> bool:
+        return (await _stage(db, rid))["status"] == "dlq"
+
+    await eventually(marked, timeout=10)
+    attempts = await _attempts(db, rid)
+    assert [(a["status"], a["error_type"], a["transient"]) for a in attempts] == [
+        ("dlq_published", "ChecksumMismatch", False)
+    ]
+
+
+async def test_unmappable_payload_sent_through_http_goes_to_dlq_once(
+    worker: WorkerProcess, http: aiohttp.ClientSession, db: asyncpg.Pool, settings: Settings
+) -> None:
+    body = v2_body(source="unmappable")
+    del body["payload"]["encounter_id"]
+    body["payload"]["patient_note"] = "Sentinel-Note-Q7"
+    async with TopicReader(settings.broker_list, settings.kafka_dlq_topic_v2) as reader:
+        status, resp, _ = await post_json(http, f"{worker.base_url}/v2/ingest", body, key=new_key())
+        assert status == 202
+        rid = resp["record_id"]
+        envelope = await _dlq_for(reader, rid.encode())
+    assert envelope["error"]["type"] == "MappingError"
+    assert envelope["error"]["stage"] == "map"
+    assert "encounter_id" in envelope["error"]["message"]
+    assert envelope["attempts"] == 1
+    assert "Sentinel" not in orjson.dumps(envelope).decode()
+
+    async def ledger_matches() -> bool:
+        stage = await _stage(db, rid)
+        manifest = await db.fetchval(
+            "SELECT state FROM raw_object_manifest WHERE record_id = $1", uuid.UUID(rid)
+        )
+        return stage["status"] == "dlq" and manifest == "enqueued"
+
+    await eventually(ledger_matches, timeout=10)
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM canonical_records WHERE record_id = $1", uuid.UUID(rid)
+        )
+        == 0
+    )
+
+
+async def test_missing_raw_object_retries_then_dlq(
+    worker: WorkerProcess, db: asyncpg.Pool, settings: Settings, producer: AIOKafkaProducer
+) -> None:
+    event, value = await _raw_event(settings, v2_body(source="vanished"), store_it=False)
+    rid = event["record_id"]
+    async with TopicReader(settings.broker_list, settings.kafka_dlq_topic_v2) as reader:
+        await producer.send_and_wait(settings.topic_record_ingested_v2, value, key=rid.encode())
+        envelope = await _dlq_for(reader, rid.encode())
+    assert envelope["error"]["type"] == "RawObjectMissing"
+    assert envelope["attempts"] == WORKER_MAX_ATTEMPTS
+
+    async def marked() -> bool:
+        return (await _stage(db, rid))["status"] == "dlq"
+
+    await eventually(marked, timeout=10)
+    attempts = await _attempts(db, rid)
+    assert [a["status"] for a in attempts] == (
+        ["failed"] * (WORKER_MAX_ATTEMPTS - 1) + ["dlq_published"]
+    )
+    assert all(a["transient"] for a in attempts)
+
+
+async def test_s3_stopped_retries_then_dlq(
+    worker: WorkerProcess,
+    db: asyncpg.Pool,
+    settings: Settings,
+    producer: AIOKafkaProducer,
+    restore_services: list[str],
+) -> None:
+    event, value = await _raw_event(settings, v2_body(source="s3-outage"))
+    rid = event["record_id"]
+    async with TopicReader(settings.broker_list, settings.kafka_dlq_topic_v2) as reader:
+        restore_services.append("s3")
+        stack_service("s3", "down")
+        await producer.send_and_wait(settings.topic_record_ingested_v2, value, key=rid.encode())
+        envelope = await _dlq_for(reader, rid.encode(), timeout=90)
+        stack_service("s3", "up")
+    assert envelope["error"]["type"] == "StorageUnavailable"
+    assert envelope["error"]["stage"] == "fetch"
+    assert envelope["attempts"] == WORKER_MAX_ATTEMPTS
+    attempts = await _attempts(db, rid)
+    assert len(attempts) == WORKER_MAX_ATTEMPTS
+
+
+async def test_unparseable_message_goes_to_dlq_with_the_unparseable_envelope(
+    worker: WorkerProcess, settings: Settings, producer: AIOKafkaProducer
+) -> None:
+    garbage = b"{not an event " + uuid.uuid4().bytes.hex().encode()
+    key = hashlib.sha256(garbage).digest()[:16]
+    async with TopicReader(settings.broker_list, settings.kafka_dlq_topic_v2) as reader:
+        await producer.send_and_wait(settings.topic_record_ingested_v2, garbage, key=b"junk")
+        envelope = await _dlq_for(reader, key)
+    assert envelope["original_event"] == {
+        "unparseable_event": True,
+        "event_sha256": hashlib.sha256(garbage).hexdigest(),
+        "size_bytes": len(garbage),
+    }
+    assert envelope["error"]["stage"] == "parse"
+    assert envelope["attempts"] == 1
