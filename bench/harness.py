@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import aiohttp
+import orjson
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from tests.fhir_fixtures import fhir_records  # noqa: E402
+from tests.support import free_port  # noqa: E402
 
 
 @dataclass
@@ -107,3 +115,49 @@ def write_json(path: Path, payload: dict) -> None:
 
     path.write_text(json.dumps(payload, indent=2, default=default))
     print(f"\nwrote {path.relative_to(ROOT)}")
+
+
+def bodies() -> list[bytes]:
+    """Real FHIR resources as /v2/ingest bodies (about 1-3 KiB each)."""
+    out = []
+    for rec in fhir_records():
+        out.append(
+            orjson.dumps(
+                {
+                    "source": "bench-partner",
+                    "record_kind": rec["record_kind"],
+                    "schema_hint": "partnerB.v1",
+                    "patient": rec["patient"],
+                    "payload": rec["resource"],
+                }
+            )
+        )
+    return out
+
+
+def spawn_worker(workdir: Path, **env_overrides: str) -> tuple[subprocess.Popen, str]:
+    """An ``exchange-stream worker`` on a free port, logging to ``workdir/worker.log``."""
+    port = free_port()
+    env = {**os.environ, "WEB_PORT": str(port), "DATA_DIR": str(workdir / "data"), **env_overrides}
+    log = (workdir / "worker.log").open("wb")
+    proc = subprocess.Popen(
+        [str(ROOT / ".venv/bin/exchange-stream"), "worker"],
+        env=env,
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def wait_ready(url: str, log_path: Path) -> None:
+    async with aiohttp.ClientSession() as s:
+        for _ in range(300):
+            try:
+                async with s.get(f"{url}/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"worker did not become ready; see {log_path}")

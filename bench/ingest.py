@@ -15,68 +15,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
-import subprocess
 import tempfile
 import uuid
 from pathlib import Path
 
 import aiohttp
-import orjson
-from harness import ROOT, Result, closed_loop, print_table, write_json
+from harness import (
+    ROOT,
+    Result,
+    bodies,
+    closed_loop,
+    print_table,
+    spawn_worker,
+    wait_ready,
+    write_json,
+)
 
 from exchange_stream.config import Settings
 from exchange_stream.db import create_pool
 from exchange_stream.ingest import build_event, object_key
 from exchange_stream.sql import q
 from exchange_stream.storage import open_store
-from tests.fhir_fixtures import fhir_records
-from tests.support import free_port
-
-
-def bodies() -> list[bytes]:
-    """Real FHIR resources as /v2/ingest bodies (about 1-3 KiB each)."""
-    out = []
-    for rec in fhir_records():
-        out.append(
-            orjson.dumps(
-                {
-                    "source": "bench-partner",
-                    "record_kind": rec["record_kind"],
-                    "schema_hint": "partnerB.v1",
-                    "patient": rec["patient"],
-                    "payload": rec["resource"],
-                }
-            )
-        )
-    return out
-
-
-def spawn_worker(workdir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "WEB_PORT": str(port), "DATA_DIR": str(workdir / "data")}
-    log = (workdir / "worker.log").open("wb")
-    proc = subprocess.Popen(
-        [str(ROOT / ".venv/bin/exchange-stream"), "worker"],
-        env=env,
-        cwd=workdir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-async def wait_ready(url: str, log_path: Path) -> None:
-    async with aiohttp.ClientSession() as s:
-        for _ in range(300):
-            try:
-                async with s.get(f"{url}/readyz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"worker did not become ready; see {log_path}")
 
 
 async def main() -> None:

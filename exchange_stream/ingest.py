@@ -175,7 +175,7 @@ async def accept(
                 raise IdempotencyConflict()
             record_id = str(uuid.uuid4())
             key = object_key(req.source, record_id)
-            await store.put(key, req.body)
+            await store.put(key, req.body, sha256=req.sha256)
             event = build_event(
                 version=req.version,
                 record_id=record_id,

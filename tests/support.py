@@ -219,3 +219,22 @@ async def wait_canonical(db, record_ids: list[str], timeout: float = 60.0) -> li
 
     await eventually(all_there, timeout=timeout)
     return await db.fetch("SELECT * FROM canonical_records WHERE record_id = ANY($1)", ids)
+
+
+async def s3_read_independently(settings, key: str) -> bytes:
+    """Read an object with botocore (aioboto3), not the service's own S3 client."""
+    import aioboto3
+    from botocore.config import Config
+
+    session = aioboto3.Session()
+    async with session.client(
+        "s3",
+        endpoint_url=settings.minio_endpoint,
+        aws_access_key_id=settings.minio_access_key,
+        aws_secret_access_key=settings.minio_secret_key,
+        region_name=settings.s3_region,
+        config=Config(s3={"addressing_style": "path"}),
+    ) as client:
+        resp = await client.get_object(Bucket=settings.raw_bucket, Key=key)
+        async with resp["Body"] as stream:
+            return await stream.read()

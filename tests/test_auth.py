@@ -2,49 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 import time
 
 import aiohttp
 import jwt
-import orjson
 import pytest
 
-from tests.conftest import STRICT_ENV
+from tests.auth_tokens import SECRET, alg_none_token, claims, good_token, rs256_token
 from tests.payloads import new_key, v2_body
 from tests.support import WorkerProcess, post_json
-
-SECRET = STRICT_ENV["JWT_SECRET"]
-ISS = STRICT_ENV["JWT_ISSUER"]
-AUD = STRICT_ENV["JWT_AUDIENCE"]
-
-
-def claims(**overrides) -> dict:
-    now = int(time.time())
-    base = {"iss": ISS, "aud": AUD, "sub": "partner-7", "iat": now, "exp": now + 300}
-    base.update(overrides)
-    return {k: v for k, v in base.items() if v is not None}
-
-
-def good_token() -> str:
-    return jwt.encode(claims(), SECRET, algorithm="HS256")
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def alg_none_token() -> str:
-    header = _b64(orjson.dumps({"alg": "none", "typ": "JWT"}))
-    return f"{header}.{_b64(orjson.dumps(claims()))}."
-
-
-def rs256_token() -> str:
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return jwt.encode(claims(), key, algorithm="RS256")
-
 
 BAD_TOKENS = {
     "no header": None,

@@ -11,9 +11,8 @@ import orjson
 
 from exchange_stream.config import Settings
 from exchange_stream.contracts import check_event
-from exchange_stream.storage import open_store
 from tests.payloads import new_key, v1_body, v2_body
-from tests.support import TopicReader, WorkerProcess, post_json
+from tests.support import TopicReader, WorkerProcess, post_json, s3_read_independently
 
 
 async def _accept_and_check(
@@ -36,8 +35,7 @@ async def _accept_and_check(
         sha = hashlib.sha256(raw).hexdigest()
         object_key = f"{body['source']}/{record_id}.json"
 
-        async with open_store(settings) as store:
-            assert await store.get(object_key) == raw
+        assert await s3_read_independently(settings, object_key) == raw
 
         manifest = await db.fetchrow(
             "SELECT * FROM raw_object_manifest WHERE record_id = $1", uuid.UUID(record_id)
