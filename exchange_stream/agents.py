@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 import faust
 
 from exchange_stream import metrics
+from exchange_stream.control import ControlPlane
 from exchange_stream.normalize import Message, Normalizer
+from exchange_stream.operations import OpsContext
 
 if TYPE_CHECKING:
     from exchange_stream.app import ExchangeApp
@@ -17,7 +19,7 @@ NORMALIZER_WITHIN_S = 0.02
 
 
 def register(app: ExchangeApp) -> None:
-    """Declare the ingested topics and the normalizer agent on ``app``."""
+    """Declare the topics and agents on ``app``: the normalizer and the control plane."""
     settings = app.settings
     ingested = app.topic(
         *settings.kafka_topics,
@@ -42,6 +44,25 @@ def register(app: ExchangeApp) -> None:
             metrics.normalizer_batch_size.observe(len(batch))
             await normalizer.process(batch)
             _observe_lag(app, events)
+
+    control = app.topic(
+        settings.topic_control,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.topic_partitions,
+    )
+
+    @app.agent(control, name="control")
+    async def control_agent(stream: faust.StreamT) -> None:
+        # A command is acknowledged after it has run and its result is published.
+        async for value in stream:
+            runtime = app.runtime
+            plane = ControlPlane(
+                OpsContext(settings, runtime.pool, runtime.store, runtime.publisher)
+            )
+            await plane.handle(value)
 
 
 def _observe_lag(app: ExchangeApp, events: list) -> None:

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from exchange_stream import logs
+from exchange_stream import logs, ops_cli
 from exchange_stream.config import ConfigError, Settings
 
 
@@ -46,13 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="run the Faust worker (web server, relay, agents)")
     sub.add_parser("migrate", help="apply pending SQL migrations, once each")
     sub.add_parser("create-topics", help="create the topics of SPEC §5 that are missing")
+    ops_cli.add_parsers(sub)
     return parser
+
+
+def _cmd_operation(settings: Settings, args: argparse.Namespace) -> int:
+    logs.setup("WARNING")
+    return ops_cli.run(settings, args)
 
 
 _COMMANDS = {
     "worker": _cmd_worker,
     "migrate": _cmd_migrate,
     "create-topics": _cmd_create_topics,
+    "replay": _cmd_operation,
+    "reconcile": _cmd_operation,
+    "dlq": _cmd_operation,
 }
 
 

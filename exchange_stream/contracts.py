@@ -90,3 +90,39 @@ def check_event(event: dict[str, Any]) -> None:
     errors = list(_event_validator(version).iter_errors(event))
     if errors:
         raise _first_violation(errors)
+
+
+@cache
+def _command_validator(name: str) -> Draft202012Validator:
+    path = CONTRACTS_DIR / "commands" / f"{name}.json"
+    return Draft202012Validator(orjson.loads(path.read_bytes()), format_checker=FormatChecker())
+
+
+def check_command(doc: Any) -> None:
+    """Raise ``ContractViolation`` unless ``doc`` is a command envelope."""
+    if not isinstance(doc, dict):
+        raise ContractViolation("command", "invalid")
+    errors = list(_command_validator("command").iter_errors(doc))
+    if errors:
+        raise _first_violation(errors)
+
+
+def command_params(command: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` checked against ``contracts/commands/<command>.json``, defaults filled in."""
+    validator = _command_validator(command)
+    errors = list(validator.iter_errors(params))
+    if errors:
+        raise _first_violation(errors)
+    defaults = {
+        name: spec["default"]
+        for name, spec in validator.schema.get("properties", {}).items()
+        if "default" in spec
+    }
+    return {**defaults, **params}
+
+
+def check_result(doc: dict[str, Any]) -> None:
+    """Raise ``ContractViolation`` unless ``doc`` is a control result message."""
+    errors = list(_command_validator("result").iter_errors(doc))
+    if errors:
+        raise _first_violation(errors)

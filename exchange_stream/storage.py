@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import aiohttp
 from aiohttp_s3_client import S3Client
@@ -86,14 +87,19 @@ class RawStore:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise StorageUnavailable(type(exc).__name__) from exc
 
-    async def list_keys(self, prefix: str) -> AsyncIterator[tuple[str, int]]:
-        """Yield ``(key, size)`` under ``prefix`` in key order, a page (1,000 keys) at a time."""
+    async def list_objects(self, prefix: str) -> AsyncIterator[tuple[str, int, datetime]]:
+        """Yield ``(key, size, last_modified)`` under ``prefix`` in key order, 1,000 a page."""
         try:
             async for metas, _ in self.client.list_objects_v2(prefix=prefix):
                 for meta in metas:
-                    yield meta.key, meta.size
+                    yield meta.key, meta.size, meta.last_modified
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise StorageUnavailable(type(exc).__name__) from exc
+
+    async def list_keys(self, prefix: str) -> AsyncIterator[tuple[str, int]]:
+        """Yield ``(key, size)`` under ``prefix`` in key order."""
+        async for key, size, _ in self.list_objects(prefix):
+            yield key, size
 
 
 @contextlib.asynccontextmanager

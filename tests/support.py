@@ -238,3 +238,51 @@ async def s3_read_independently(settings, key: str) -> bytes:
         resp = await client.get_object(Bucket=settings.raw_bucket, Key=key)
         async with resp["Body"] as stream:
             return await stream.read()
+
+
+async def run_cli(*args: str, env: Mapping[str, str] | None = None,
+                  timeout: float = 180.0) -> tuple[int, dict]:
+    """Run ``exchange-stream <args> --output json`` as an operator would; (exit code, JSON)."""
+    import orjson
+
+    proc = await asyncio.create_subprocess_exec(
+        str(VENV_BIN / "exchange-stream"), *args, "--output", "json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    try:
+        doc = orjson.loads(out)
+    except orjson.JSONDecodeError:
+        doc = {"_stdout": out.decode(errors="replace"), "_stderr": err.decode(errors="replace")}
+    return proc.returncode, doc
+
+
+async def wait_offsets_committed(db, settings, record_ids: list[str], group: str,
+                                 timeout: float = 30.0) -> None:
+    """Wait until the consumer group has committed past every record's event, so that no
+    redelivery of those events can follow (a rebalance re-delivers what is not committed)."""
+    import uuid as _uuid
+
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    rows = await db.fetch(
+        "SELECT kafka_topic, kafka_partition, max(kafka_offset) AS offset "
+        "FROM processing_stage_state WHERE record_id = ANY($1) GROUP BY 1, 2",
+        [_uuid.UUID(r) for r in record_ids],
+    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_list)
+    await admin.start()
+    try:
+        async def committed() -> bool:
+            offsets = await admin.list_consumer_group_offsets(group)
+            return all(
+                (meta := offsets.get(TopicPartition(r["kafka_topic"], r["kafka_partition"])))
+                is not None and meta.offset > r["offset"]
+                for r in rows
+            )
+
+        await eventually(committed, timeout=timeout)
+    finally:
+        await admin.close()

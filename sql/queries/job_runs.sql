@@ -29,3 +29,6 @@ WHERE job_run_id = $1
 SELECT job_run_id, job_name, status, params, progress, result, error, started_at, ended_at,
        command_id, executions
 FROM job_runs WHERE job_run_id = $1
+
+-- name: job_run_heartbeat
+UPDATE job_runs SET heartbeat_at = now() WHERE job_run_id = $1 AND status = 'running'

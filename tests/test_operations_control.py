@@ -1,0 +1,83 @@
+"""The control plane: once per command id, rejections that name the problem, results recorded."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from exchange_stream.config import Settings
+from exchange_stream.contracts import check_result
+from tests.support import TopicReader, WorkerProcess, run_cli
+
+
+async def test_same_command_id_twice_runs_once(worker: WorkerProcess, db: asyncpg.Pool) -> None:
+    command_id = f"cmd-{uuid.uuid4()}"
+    args = ("replay", "--source", "hospital-b", "--dry-run", "--command-id", command_id)
+    code, first = await run_cli(*args)
+    assert code == 0, first
+    assert first["status"] == "succeeded"
+    code, second = await run_cli(*args)
+    assert code == 0, second
+    assert second["status"] == "duplicate"
+    assert second["job_run_id"] == first["job_run_id"]
+    assert second["result"] == first["result"]
+    rows = await db.fetch(
+        "SELECT status, executions, job_name, params FROM job_runs WHERE command_id = $1",
+        command_id,
+    )
+    assert len(rows) == 1
+    assert (rows[0]["status"], rows[0]["executions"], rows[0]["job_name"]) == (
+        "succeeded",
+        1,
+        "replay",
+    )
+    assert rows[0]["params"]["dry_run"] is True
+
+
+async def test_invalid_commands_get_a_failed_result_naming_the_problem(
+    worker: WorkerProcess, settings: Settings, db: asyncpg.Pool
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    cases = {
+        f"bad-{run}-1": (
+            {"command": "replay", "params": {"limit": 5}},
+            "missing field: params.source",
+        ),
+        f"bad-{run}-2": ({"command": "explode", "params": {}}, "invalid field: command"),
+        f"bad-{run}-3": (
+            {"command": "dlq_redrive", "params": {"version": "v3"}},
+            "invalid field: params.version",
+        ),
+        f"bad-{run}-4": (
+            {"command": "reconcile", "params": {"source": "a", "x": 1}},
+            "unknown field: params.x",
+        ),
+    }
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker_list, acks="all")
+    await producer.start()
+    async with TopicReader(settings.broker_list, settings.topic_control_results) as reader:
+        try:
+            for command_id, (doc, _) in cases.items():
+                await producer.send_and_wait(
+                    settings.topic_control,
+                    orjson.dumps({"command_id": command_id, **doc}),
+                    key=command_id.encode(),
+                )
+            await producer.send_and_wait(settings.topic_control, b"{nope", key=b"garbage")
+        finally:
+            await producer.stop()
+        wanted = {c.encode() for c in cases}
+        messages = await reader.collect(lambda ms: wanted <= {m.key for m in ms}, timeout=60)
+    by_id = {m.key.decode(): orjson.loads(m.value) for m in messages if m.key in wanted}
+    for command_id, (_, error) in cases.items():
+        result = by_id[command_id]
+        check_result(result)
+        assert result["status"] == "rejected"
+        assert result["error"] == error
+        row = await db.fetchrow(
+            "SELECT status, error FROM job_runs WHERE command_id = $1", command_id
+        )
+        assert (row["status"], row["error"]) == ("failed", error)
