@@ -86,7 +86,9 @@ async def run(ctx: OpsContext, params: dict[str, Any], progress: ProgressFn) -> 
                 if await consumer.position(tp) >= end[tp] or commit.get(tp, -1) >= end[tp]:
                     pending.discard(tp)
             await progress({"version": f"v{version}", **counts})
-        remaining = sum(end[tp] - (await consumer.committed(tp) or 0) for tp in tps)
+        remaining = 0
+        for tp in tps:
+            remaining += end[tp] - (await consumer.committed(tp) or 0)
     finally:
         await consumer.stop()
     return {
