@@ -5,6 +5,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/stack/common.sh"
 SERVICES=(postgres kafka s3)
+# A second stack can run beside the first: STACK_DIR, POSTGRES_PORT, KAFKA_PORT, S3_PORT.
+# The clients (create-topics here, the worker, the tests) follow those ports unless told otherwise.
+export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:${KAFKA_PORT:-9092}}"
+export MINIO_ENDPOINT="${MINIO_ENDPOINT:-http://127.0.0.1:${S3_PORT:-9000}}"
 
 up() {
   local t0=$SECONDS pids=() rc=0 svc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 
@@ -26,7 +27,8 @@ SHARED_WORKER_ENV = {
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return Settings.from_env({})
+    """The stack's settings from the environment (defaults: the local stack), always local."""
+    return Settings.from_env({**os.environ, "ENV": "local"})
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 # Shared helpers for the stack scripts; sourced, not run.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-STACK="$ROOT/.stack"
+STACK="${STACK_DIR:-$ROOT/.stack}"
 LOGS="$STACK/logs"
 CACHE="$ROOT/.cache"
 mkdir -p "$STACK" "$LOGS" "$CACHE"

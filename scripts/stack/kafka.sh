@@ -46,7 +46,7 @@ CACHE_DIR="$ROOT/.cache/kafka-$KAFKA_VERSION"
 LIBS="$CACHE_DIR/libs"
 MARKER="$LIBS/.complete"
 
-STACK="$ROOT/.stack"
+STACK="${STACK_DIR:-$ROOT/.stack}"
 KDIR="$STACK/kafka"
 CONF_DIR="$KDIR/config"
 DATA_DIR="$KDIR/data"

@@ -53,7 +53,7 @@ ensure_traversable() {
 socket_dir() {
   # Unix socket paths are limited to ~107 bytes; fall back to /tmp for deep checkouts.
   local s="$PGDIR/run"
-  if [ ${#s} -gt 90 ]; then s="/tmp/exchange-stream-pg-$(echo -n "$ROOT" | md5sum | cut -c1-8)"; fi
+  if [ ${#s} -gt 90 ]; then s="/tmp/exchange-stream-pg-$(echo -n "$PGDIR" | md5sum | cut -c1-8)"; fi
   echo "$s"
 }
 

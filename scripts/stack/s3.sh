@@ -46,7 +46,7 @@ HEALTH_PATH=/_health
 
 BIN_DIR="$ROOT/.cache/bin"
 BIN="$BIN_DIR/versitygw"
-STACK="$ROOT/.stack"
+STACK="${STACK_DIR:-$ROOT/.stack}"
 S3_DIR="$STACK/s3"
 DATA="$S3_DIR/data"
 PIDFILE="$STACK/s3.pid"
