@@ -4,6 +4,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# A second stack on other ports (STACK_DIR, KAFKA_PORT, S3_PORT): clients follow its ports.
+export KAFKA_BROKERS ?= 127.0.0.1:$(or $(KAFKA_PORT),9092)
+export MINIO_ENDPOINT ?= http://127.0.0.1:$(or $(S3_PORT),9000)
 
 .PHONY: venv stack stack-down stack-status migrate run test test-fast lint format bench clean
 
