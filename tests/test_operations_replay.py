@@ -165,6 +165,7 @@ async def test_replay_reports_uninferable_objects_and_honours_limit(
     code, report = await run_cli("replay", "--source", source, "--dry-run")
     assert code == 0
     assert report["result"]["uninferable"] == 1
+    assert report["result"]["emitted"] == len(ids)
     assert report["result"]["samples"]["uninferable"] == [odd]
     code, report = await run_cli("replay", "--source", source, "--dry-run", "--limit", "2")
     assert report["result"]["listed"] == 2
