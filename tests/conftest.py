@@ -13,7 +13,7 @@ import pytest
 from exchange_stream.config import Settings
 from exchange_stream.db import create_pool
 from exchange_stream.migrate import migrate
-from tests.support import ROOT, WorkerProcess
+from tests.support import ROOT, WorkerProcess, running_worker
 
 # Both test workers share the consumer group and these settings, so either may process an event.
 WORKER_MAX_ATTEMPTS = 3
@@ -58,13 +58,8 @@ async def worker(
     migrated: None, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[WorkerProcess]:
     """One worker for the whole run, as an operator would start it."""
-    proc = WorkerProcess(workdir=tmp_path_factory.mktemp("worker"), env_overrides=SHARED_WORKER_ENV)
-    proc.start()
-    try:
-        await proc.wait_healthy()
+    async with running_worker(tmp_path_factory.mktemp("worker"), SHARED_WORKER_ENV) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -100,13 +95,6 @@ async def strict_worker(
     migrated: None, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[WorkerProcess]:
     """A worker with ENV=staging: JWTs only, every secret set explicitly."""
-    proc = WorkerProcess(
-        workdir=tmp_path_factory.mktemp("strict-worker"),
-        env_overrides={**SHARED_WORKER_ENV, **STRICT_ENV},
-    )
-    proc.start()
-    try:
-        await proc.wait_healthy()
+    env = {**SHARED_WORKER_ENV, **STRICT_ENV}
+    async with running_worker(tmp_path_factory.mktemp("strict-worker"), env) as proc:
         yield proc
-    finally:
-        proc.stop()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,14 +241,19 @@ async def s3_read_independently(settings, key: str) -> bytes:
             return await stream.read()
 
 
-async def run_cli(*args: str, env: Mapping[str, str] | None = None,
-                  timeout: float = 180.0) -> tuple[int, dict]:
+async def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 180.0
+) -> tuple[int, dict]:
     """Run ``exchange-stream <args> --output json`` as an operator would; (exit code, JSON)."""
     import orjson
 
     proc = await asyncio.create_subprocess_exec(
-        str(VENV_BIN / "exchange-stream"), *args, "--output", "json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        str(VENV_BIN / "exchange-stream"),
+        *args,
+        "--output",
+        "json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -258,8 +264,9 @@ async def run_cli(*args: str, env: Mapping[str, str] | None = None,
     return proc.returncode, doc
 
 
-async def wait_offsets_committed(db, settings, record_ids: list[str], group: str,
-                                 timeout: float = 30.0) -> None:
+async def wait_offsets_committed(
+    db, settings, record_ids: list[str], group: str, timeout: float = 30.0
+) -> None:
     """Wait until the consumer group has committed past every record's event, so that no
     redelivery of those events can follow (a rebalance re-delivers what is not committed)."""
     import uuid as _uuid
@@ -275,14 +282,62 @@ async def wait_offsets_committed(db, settings, record_ids: list[str], group: str
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_list)
     await admin.start()
     try:
+
         async def committed() -> bool:
             offsets = await admin.list_consumer_group_offsets(group)
             return all(
                 (meta := offsets.get(TopicPartition(r["kafka_topic"], r["kafka_partition"])))
-                is not None and meta.offset > r["offset"]
+                is not None
+                and meta.offset > r["offset"]
                 for r in rows
             )
 
         await eventually(committed, timeout=timeout)
     finally:
         await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def running_worker(workdir: Path, env: Mapping[str, str]) -> AsyncIterator[WorkerProcess]:
+    """A started, healthy worker subprocess, stopped on exit."""
+    proc = WorkerProcess(workdir=workdir, env_overrides=env)
+    proc.start()
+    try:
+        await proc.wait_healthy()
+        yield proc
+    finally:
+        proc.stop()
+
+
+async def raw_object_event(
+    settings, body: dict, *, sha256: str | None = None, store_it: bool = True
+) -> tuple[dict, bytes]:
+    """A v2 event for ``body`` written straight to S3, as if ingested but with no database rows
+    (no manifest, no outbox): for tests that feed the normalizer directly."""
+    import hashlib
+    import uuid as _uuid
+
+    import orjson
+
+    from exchange_stream.ingest import build_event, object_key
+    from exchange_stream.storage import open_store
+
+    raw = orjson.dumps(body)
+    record_id = str(_uuid.uuid4())
+    key = object_key(body["source"], record_id)
+    if store_it:
+        async with open_store(settings) as store:
+            await store.put(key, raw)
+    event = build_event(
+        version="2",
+        record_id=record_id,
+        source=body["source"],
+        bucket=settings.raw_bucket,
+        key=key,
+        sha256=sha256 or hashlib.sha256(raw).hexdigest(),
+        size_bytes=len(raw),
+        correlation_id=f"test-{record_id}",
+        record_kind=body["record_kind"],
+        schema_hint=body["schema_hint"],
+    )
+    return event, orjson.dumps(event)

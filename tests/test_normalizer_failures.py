@@ -12,8 +12,6 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from exchange_stream.config import Settings
-from exchange_stream.ingest import build_event, object_key
-from exchange_stream.storage import open_store
 from tests.conftest import WORKER_MAX_ATTEMPTS
 from tests.payloads import new_key, v2_body
 from tests.support import (
@@ -21,6 +19,7 @@ from tests.support import (
     WorkerProcess,
     eventually,
     post_json,
+    raw_object_event,
     stack_service,
     wait_canonical,
 )
@@ -32,31 +31,6 @@ async def producer(settings: Settings):
     await p.start()
     yield p
     await p.stop()
-
-
-async def _raw_event(
-    settings: Settings, body: dict, *, sha256: str | None = None, store_it: bool = True
-) -> tuple[dict, bytes]:
-    """A v2 event for a raw object written straight to S3 (no manifest: not via ingest)."""
-    raw = orjson.dumps(body)
-    record_id = str(uuid.uuid4())
-    key = object_key(body["source"], record_id)
-    if store_it:
-        async with open_store(settings) as store:
-            await store.put(key, raw)
-    event = build_event(
-        version="2",
-        record_id=record_id,
-        source=body["source"],
-        bucket=settings.raw_bucket,
-        key=key,
-        sha256=sha256 or hashlib.sha256(raw).hexdigest(),
-        size_bytes=len(raw),
-        correlation_id=f"test-{record_id}",
-        record_kind=body["record_kind"],
-        schema_hint=body["schema_hint"],
-    )
-    return event, orjson.dumps(event)
 
 
 async def _attempts(db: asyncpg.Pool, record_id: str) -> list:
@@ -83,7 +57,7 @@ async def _dlq_for(reader: TopicReader, key: bytes, timeout: float = 60.0) -> di
 async def test_same_event_delivered_twice_makes_one_row(
     worker: WorkerProcess, db: asyncpg.Pool, settings: Settings, producer: AIOKafkaProducer
 ) -> None:
-    event, value = await _raw_event(settings, v2_body(source="redelivery"))
+    event, value = await raw_object_event(settings, v2_body(source="redelivery"))
     rid = event["record_id"]
     await producer.send_and_wait(settings.topic_record_ingested_v2, value, key=rid.encode())
     await wait_canonical(db, [rid])
@@ -110,7 +84,7 @@ async def test_same_event_delivered_twice_makes_one_row(
 async def test_checksum_mismatch_goes_to_dlq_after_one_attempt(
     worker: WorkerProcess, db: asyncpg.Pool, settings: Settings, producer: AIOKafkaProducer
 ) -> None:
-    event, value = await _raw_event(settings, v2_body(source="tampered"), sha256="0" * 64)
+    event, value = await raw_object_event(settings, v2_body(source="tampered"), sha256="0" * 64)
     rid = event["record_id"]
     async with TopicReader(settings.broker_list, settings.kafka_dlq_topic_v2) as reader:
         await producer.send_and_wait(settings.topic_record_ingested_v2, value, key=rid.encode())
@@ -169,7 +143,7 @@ async def test_unmappable_payload_sent_through_http_goes_to_dlq_once(
 async def test_missing_raw_object_retries_then_dlq(
     worker: WorkerProcess, db: asyncpg.Pool, settings: Settings, producer: AIOKafkaProducer
 ) -> None:
-    event, value = await _raw_event(settings, v2_body(source="vanished"), store_it=False)
+    event, value = await raw_object_event(settings, v2_body(source="vanished"), store_it=False)
     rid = event["record_id"]
     async with TopicReader(settings.broker_list, settings.kafka_dlq_topic_v2) as reader:
         await producer.send_and_wait(settings.topic_record_ingested_v2, value, key=rid.encode())
@@ -195,7 +169,7 @@ async def test_s3_stopped_retries_then_dlq(
     producer: AIOKafkaProducer,
     restore_services: list[str],
 ) -> None:
-    event, value = await _raw_event(settings, v2_body(source="s3-outage"))
+    event, value = await raw_object_event(settings, v2_body(source="s3-outage"))
     rid = event["record_id"]
     async with TopicReader(settings.broker_list, settings.kafka_dlq_topic_v2) as reader:
         restore_services.append("s3")
