@@ -8,6 +8,7 @@ import sys
 
 from exchange_stream import logs, ops_cli
 from exchange_stream.config import ConfigError, Settings
+from exchange_stream.jobs import cli as jobs_cli
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -47,12 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply pending SQL migrations, once each")
     sub.add_parser("create-topics", help="create the topics of SPEC §5 that are missing")
     ops_cli.add_parsers(sub)
+    jobs_cli.add_parser(sub)
     return parser
 
 
 def _cmd_operation(settings: Settings, args: argparse.Namespace) -> int:
     logs.setup("WARNING")
     return ops_cli.run(settings, args)
+
+
+def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    logs.setup("WARNING")
+    return jobs_cli.run(settings, args)
 
 
 _COMMANDS = {
@@ -62,6 +69,7 @@ _COMMANDS = {
     "replay": _cmd_operation,
     "reconcile": _cmd_operation,
     "dlq": _cmd_operation,
+    "jobs": _cmd_jobs,
 }
 
 

@@ -79,6 +79,17 @@ normalizer_consumer_lag = Gauge(
     ["topic", "partition"],
     registry=REGISTRY,
 )
+data_quality_issues = Gauge(
+    "data_quality_issues",
+    "Rows found by the last full data-quality job run in this process, by check.",
+    ["check"],
+    registry=REGISTRY,
+)
+data_quality_checked_at = Gauge(
+    "data_quality_checked_at_seconds",
+    "Unix time of the last full data-quality job run in this process.",
+    registry=REGISTRY,
+)
 readiness_checks_total = Counter(
     "readiness_checks_total",
     "Dependency checks made by /readyz, by dependency and outcome.",

@@ -81,3 +81,41 @@ async def test_invalid_commands_get_a_failed_result_naming_the_problem(
             "SELECT status, error FROM job_runs WHERE command_id = $1", command_id
         )
         assert (row["status"], row["error"]) == ("failed", error)
+
+
+async def test_run_job_through_the_control_topic_is_recorded_and_answered(
+    worker: WorkerProcess, settings: Settings, db: asyncpg.Pool
+) -> None:
+    command_id = f"job-{uuid.uuid4()}"
+    command = {
+        "command_id": command_id,
+        "command": "run_job",
+        "params": {"job": "data-quality", "params": {"source": f"none-{command_id}"}},
+    }
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker_list, acks="all")
+    await producer.start()
+    async with TopicReader(settings.broker_list, settings.topic_control_results) as reader:
+        try:
+            await producer.send_and_wait(
+                settings.topic_control, orjson.dumps(command), key=command_id.encode()
+            )
+        finally:
+            await producer.stop()
+        messages = await reader.collect(
+            lambda ms: any(
+                m.key == command_id.encode() and orjson.loads(m.value)["status"] == "succeeded"
+                for m in ms
+            ),
+            timeout=60,
+        )
+    ours = [orjson.loads(m.value) for m in messages if m.key == command_id.encode()]
+    assert ours[0]["status"] == "running"
+    final = ours[-1]
+    check_result(final)
+    assert final["status"] == "succeeded"
+    assert final["result"]["clean"] is True
+    row = await db.fetchrow(
+        "SELECT job_name, status, result FROM job_runs WHERE command_id = $1", command_id
+    )
+    assert (row["job_name"], row["status"]) == ("run_job", "succeeded")
+    assert row["result"]["job"] == "data-quality"

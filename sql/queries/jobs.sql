@@ -130,22 +130,29 @@ SELECT (SELECT count(*) FROM canonical_records WHERE $1::text IS NULL OR source 
            AS index_rows
 
 -- name: data_quality_canonical
--- Canonical rows an operator must look at, one scan: no usable token (absent or not 64 hex
--- characters), a kind outside the contract, or a normalized record_kind that disagrees with
--- the column. At most $2 record ids per check.
+-- Canonical rows an operator must look at, one scan: no usable token (absent or not 64 lower-case
+-- hex characters), a kind outside the contract, or a normalized record_kind that disagrees with
+-- the column. At most $2 record ids per check. (A character-class test, not '^[0-9a-f]{64}$':
+-- Postgres' regex engine is far slower with a counted repetition.)
 -- $1 source or NULL, $2 list limit
-WITH flagged AS (
-    SELECT c.record_id, chk.name
-    FROM canonical_records c
-    CROSS JOIN LATERAL (VALUES
-        ('canonical_without_token',
-         NOT coalesce(c.normalized->>'patient_token' ~ '^[0-9a-f]{64}$', false)),
-        ('canonical_unknown_kind',
-         c.record_kind NOT IN ('encounter', 'claim', 'lab_result')),
-        ('canonical_kind_mismatch',
-         c.normalized->>'record_kind' IS DISTINCT FROM c.record_kind)
-    ) AS chk(name, failed)
-    WHERE chk.failed AND ($1::text IS NULL OR c.source = $1)
+WITH checked AS (
+    SELECT * FROM (
+        SELECT c.record_id,
+               NOT coalesce(length(c.normalized->>'patient_token') = 64
+                            AND c.normalized->>'patient_token' !~ '[^0-9a-f]', false)
+                   AS without_token,
+               c.record_kind NOT IN ('encounter', 'claim', 'lab_result') AS unknown_kind,
+               c.normalized->>'record_kind' IS DISTINCT FROM c.record_kind AS kind_mismatch
+        FROM canonical_records c
+        WHERE $1::text IS NULL OR c.source = $1
+    ) AS all_rows
+    WHERE without_token OR unknown_kind OR kind_mismatch
+), flagged AS (
+    SELECT 'canonical_without_token' AS name, record_id FROM checked WHERE without_token
+    UNION ALL
+    SELECT 'canonical_unknown_kind', record_id FROM checked WHERE unknown_kind
+    UNION ALL
+    SELECT 'canonical_kind_mismatch', record_id FROM checked WHERE kind_mismatch
 ), ranked AS (
     SELECT name, record_id, count(*) OVER (PARTITION BY name) AS n,
            row_number() OVER (PARTITION BY name ORDER BY record_id) AS rn
@@ -226,3 +233,13 @@ WITH failing AS (
 )
 SELECT record_id, failures, count(*) OVER () AS count
 FROM failing ORDER BY failures DESC, record_id LIMIT $4
+
+-- name: patient_index_orphans_delete
+-- A rebuild from the start also drops index rows whose canonical row is gone. An index row is
+-- only ever written from a committed canonical row, so its absence is not a race.
+DELETE FROM derived_patient_record_index d
+WHERE NOT EXISTS (SELECT 1 FROM canonical_records c WHERE c.record_id = d.record_id)
+
+-- name: patient_index_orphans_count
+SELECT count(*) FROM derived_patient_record_index d
+WHERE NOT EXISTS (SELECT 1 FROM canonical_records c WHERE c.record_id = d.record_id)

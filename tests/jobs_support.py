@@ -1,0 +1,135 @@
+"""Helpers of the jobs tests: rows planted under a source of their own, the jobs CLI as a process.
+
+The test database is shared with every other test of the session, so each test plants its rows
+under a fresh source and looks at that source only; ``remove_source`` cleans up after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from tests.support import ROOT
+
+JOBS_CLI = [sys.executable, "-m", "exchange_stream.jobs.cli"]
+
+
+def fresh_source(label: str) -> str:
+    return f"jobs-test-{label}-{uuid.uuid4().hex[:10]}"
+
+
+async def insert_canonical(
+    db: asyncpg.Pool | asyncpg.Connection,
+    source: str,
+    count: int,
+    *,
+    token: bool = True,
+    kind: str = "claim",
+    normalized_kind: str | None = None,
+) -> list[uuid.UUID]:
+    """``count`` canonical rows of ``source`` in one statement (one transaction); their ids."""
+    rows = await db.fetch(
+        """
+        INSERT INTO canonical_records
+            (record_id, source, raw_object_key, raw_sha256, normalized, ingested_at,
+             correlation_id, event_version, record_kind, schema_hint)
+        SELECT gen_random_uuid(), $1, $1 || '/' || g || '.json', repeat('0', 64),
+               jsonb_build_object(
+                   'patient_token',
+                   CASE WHEN $3 THEN encode(sha256(convert_to($1 || g, 'UTF8')), 'hex') END,
+                   'record_kind', coalesce($5, $4),
+                   'meta', jsonb_build_object('schema_hint', 'partnerA.v1')),
+               now() - interval '1 hour', 'corr-' || g, '2', $4, 'partnerA.v1'
+        FROM generate_series(1, $2) g
+        RETURNING record_id
+        """,
+        source,
+        count,
+        token,
+        kind,
+        normalized_kind,
+    )
+    return [r["record_id"] for r in rows]
+
+
+async def index_rows(db: asyncpg.Pool, source: str) -> list[asyncpg.Record]:
+    return await db.fetch(
+        "SELECT record_id, patient_token, xmin::text AS row_version "
+        "FROM derived_patient_record_index WHERE source = $1 ORDER BY record_id",
+        source,
+    )
+
+
+async def canonical_ids(db: asyncpg.Pool, source: str) -> set[uuid.UUID]:
+    rows = await db.fetch("SELECT record_id FROM canonical_records WHERE source = $1", source)
+    return {r["record_id"] for r in rows}
+
+
+async def remove_source(db: asyncpg.Pool, source: str) -> None:
+    """Delete every row the test planted under ``source`` (canonical rows before index rows, so
+    a concurrent index run cannot leave an orphan behind)."""
+    ids = await db.fetchval(
+        "SELECT coalesce(array_agg(record_id), '{}') FROM ("
+        " SELECT record_id FROM raw_object_manifest WHERE source = $1"
+        " UNION SELECT record_id FROM canonical_records WHERE source = $1) s",
+        source,
+    )
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM processing_attempts WHERE record_id = ANY($1)", ids)
+        await conn.execute("DELETE FROM processing_stage_state WHERE record_id = ANY($1)", ids)
+        await conn.execute("DELETE FROM raw_object_manifest WHERE source = $1", source)
+        await conn.execute("DELETE FROM canonical_records WHERE source = $1", source)
+    await db.execute("DELETE FROM derived_patient_record_index WHERE source = $1", source)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        """The ``--output json`` object."""
+        return orjson.loads(self.stdout)
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return self.doc["result"]
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+async def run_jobs_cli(*args: str, timeout: float = 120.0) -> CliResult:
+    """``python -m exchange_stream.jobs.cli ARGS`` to completion, as an operator runs it."""
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [*JOBS_CLI, *args],
+        cwd=ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+async def start_jobs_cli(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *JOBS_CLI,
+        *args,
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
