@@ -65,6 +65,9 @@ def create_app(settings: Settings) -> ExchangeApp:
         web_port=settings.web_port,
         web_application_options={
             "client_max_size": MAX_BODY_BYTES,
+            # aiohttp's 8 KiB header limit would answer an oversized token with its own plain
+            # 400 quoting the header; let the view refuse it with the contract's 401 instead.
+            "handler_args": {"max_field_size": 80 * 1024},
             "middlewares": middlewares(),
         },
     )

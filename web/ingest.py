@@ -33,6 +33,16 @@ def correlation_id_from(header: str | None) -> str:
     return str(uuid.uuid4())
 
 
+def _is_utf8(value: str) -> bool:
+    """False for a header that was not UTF-8: aiohttp keeps such bytes as surrogate escapes, which
+    Postgres text cannot store (the key would fail the lookup with a 500)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 async def read_body(request: web.Request) -> bytes:
     """The body, refusing anything over the limit before reading it when the length is declared."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
@@ -63,7 +73,7 @@ async def _ingest(request: web.Request, version: str) -> web.Response:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return error(400, "missing header: Idempotency-Key")
-    if not (_KEY_MIN <= len(key) <= _HEADER_MAX):
+    if not (_KEY_MIN <= len(key) <= _HEADER_MAX) or not _is_utf8(key):
         return error(400, "invalid header: Idempotency-Key")
     correlation_id = correlation_id_from(request.headers.get("X-Correlation-Id"))
     correlation_id_var.set(correlation_id)

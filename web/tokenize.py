@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import orjson
@@ -16,6 +17,7 @@ from web.keys import FAUST_APP
 from web.responses import error, json_response
 
 ROUTE = "/tokenize"
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 async def tokenize(request: web.Request) -> web.Response:
@@ -47,6 +49,16 @@ async def _tokenize(request: web.Request) -> web.Response:
         token = app.tokenizer.token(
             doc["given_name"], doc["family_name"], doc["dob"], doc.get("ssn")
         )
-    except (ContractViolation, IdentityError) as exc:
+    except ContractViolation as exc:
+        return error(400, _reason(exc))
+    except IdentityError as exc:
         return error(400, str(exc))
     return json_response({"patient_token": token})
+
+
+def _reason(exc: ContractViolation) -> str:
+    # An unknown key is the client's own text (a name, 10 MiB of it): echo it only when it reads
+    # as a field name.
+    if exc.reason == "unknown" and not _FIELD_NAME.fullmatch(exc.field):
+        return "unknown field"
+    return str(exc)
