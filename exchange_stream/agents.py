@@ -29,7 +29,7 @@ def register(app: ExchangeApp) -> None:
         value_serializer="raw",
         partitions=settings.topic_partitions,
     )
-    normalizer = Normalizer(settings, app.runtime, app.tokenizer)
+    normalizer = Normalizer(settings, app.runtime)
     app.normalizer = normalizer
 
     @app.agent(ingested, name="normalize", concurrency=settings.normalizer_concurrency)

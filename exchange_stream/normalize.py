@@ -36,7 +36,7 @@ from exchange_stream.mappings import MAPPING_VERSION, MappingError, map_payload
 from exchange_stream.runtime import Runtime
 from exchange_stream.sql import q
 from exchange_stream.storage import ObjectMissing, StorageUnavailable
-from exchange_stream.tokenizer import IdentityError, Tokenizer, canonical_identity, token_for
+from exchange_stream.tokenizer import IdentityError, canonical_identity, token_for
 
 log = logging.getLogger(__name__)
 
@@ -165,14 +165,10 @@ def canonicalize(
 class Normalizer:
     """Runs batches of ingested-event messages to canonical rows or the DLQ."""
 
-    def __init__(self, settings: Settings, runtime: Runtime, tokenizer: Tokenizer) -> None:
+    def __init__(self, settings: Settings, runtime: Runtime) -> None:
         self.settings = settings
         self.runtime = runtime
         self._hmac_key = settings.tokenizer_hmac_secret.encode()
-        self._stopping = False
-
-    def stop(self) -> None:
-        self._stopping = True
 
     async def process(self, messages: Sequence[Message]) -> None:
         """Bring every message to a canonical row or the DLQ (see the module docstring)."""
@@ -357,8 +353,7 @@ class Normalizer:
                 async with self.runtime.pool.acquire() as conn:
                     return await getattr(conn, method)(*args)
             except POSTGRES_UNAVAILABLE as exc:
-                if self._stopping:
-                    raise
+                # A worker shutting down cancels this wait; nothing is lost, offsets stay put.
                 log.warning(
                     "postgres unavailable; normalizer waiting",
                     extra={"fields": {"error_type": type(exc).__name__, "retry_in_s": delay}},
