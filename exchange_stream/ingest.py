@@ -151,6 +151,8 @@ POSTGRES_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
+    # A pooled connection whose server went away mid-restart: "protocol is in the failed state".
+    asyncpg.exceptions.InternalClientError,
 )
 
 

@@ -7,6 +7,7 @@ work for it: whatever it lost in a crash, its restarted self must recover.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 
 import aiohttp
@@ -62,7 +63,7 @@ async def crash_worker(migrated, settings: Settings, tmp_path):
         "KAFKA_DLQ_TOPIC_V2": f"crash.{run}.v2.dlq",
         "TOPIC_CONTROL": f"crash.{run}.control",
     }
-    await ensure_topics(Settings.from_env(topics))
+    await ensure_topics(Settings.from_env({**os.environ, **topics}))
     proc = WorkerProcess(
         workdir=tmp_path / "crash-worker",
         env_overrides={**topics, "APP_ID": f"crash-{run}", "KAFKA_SESSION_TIMEOUT_S": "6"},

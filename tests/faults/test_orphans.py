@@ -1,0 +1,158 @@
+"""Fault: the worker killed between a request's S3 write and its commit (SPEC §4's known boundary).
+
+The crash is real, not simulated: the test takes an EXCLUSIVE lock on ``idempotency_keys``, so
+every ingest request of the load stops at its one INSERT statement, after its raw object was
+written and before its transaction commits. It SIGKILLs the worker with those requests waiting,
+then lets go of the lock: their transactions roll back, their raw objects stay in S3 without any
+row, and the partners' retries (same key, same body) are accepted under new record ids.
+
+Then the orphans are counted independently (the S3 listing through botocore, minus the manifest),
+``reconcile`` must report exactly those, ``reconcile --repair`` must resolve each, and the
+invariant holds for the 202s. A repaired orphan becomes canonical (SPEC §8: what can be processed
+is re-enqueued); as its partner's retry was accepted too, its body is then stored twice, which the
+invariant's duplicate count shows and which the test requires to be exactly those orphans.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import asyncpg
+import pytest
+
+from exchange_stream.config import Settings
+from tests.faults.common import (
+    FaultRun,
+    Variant,
+    conclude,
+    s3_record_ids,
+    stalled,
+    time_to_recover,
+    wait_for_invariant,
+)
+from tests.support import WorkerProcess, eventually
+
+VARIANTS = [
+    pytest.param(Variant("default", rate=25, seconds=14, faults=2), id="default"),
+    pytest.param(Variant("long", rate=40, seconds=90, faults=8), id="long", marks=pytest.mark.slow),
+]
+
+
+async def _kill_between_put_and_commit(
+    db: asyncpg.Pool, worker: WorkerProcess, clients: int
+) -> int:
+    """SIGKILL the worker while its ingest requests wait between their S3 PUT and their COMMIT;
+    return how many were waiting."""
+    async with stalled(
+        db, worker, "idempotency_keys", "INSERT INTO idempotency_keys", at_least=clients
+    ) as waiting:
+        worker.kill()
+    worker.start()
+    await worker.wait_healthy()
+    return waiting
+
+
+async def _reconcile(run: FaultRun, *repair: str) -> dict:
+    code, report = await run.cli(
+        "reconcile", "--source", run.source, "--older-than-s", "0", *repair
+    )
+    assert code == 0, report
+    return report["result"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+async def test_killed_between_s3_write_and_commit_reconcile_finds_and_resolves_every_orphan(
+    fault_run: FaultRun, db: asyncpg.Pool, settings: Settings, variant: Variant
+) -> None:
+    """Worker SIGKILLed between the S3 write and the commit"""
+    run = fault_run
+    worker = await run.start_worker()
+    load = run.start_load([worker.base_url])
+    await load.wait_accepted(20)
+    stranded: list[int] = []
+    recover_s: list[float | None] = []
+    for i in range(variant.faults):
+        await run.next_fault(load, i)
+        stranded.append(await _kill_between_put_and_commit(db, worker, load.clients))
+        back_at = time.time()
+        recover_s.append(await time_to_recover(db, run, load, back_at))
+    await load.finish()
+    accepted = load.accepted_ids()
+    before, _ = await wait_for_invariant(db, run.source, accepted, timeout=120)
+    assert before.holds, before.describe()
+
+    # The orphans, counted without the service: raw objects minus manifest rows.
+    listed = await s3_record_ids(settings, run.source)
+    manifest = {
+        r["id"]
+        for r in await db.fetch(
+            "SELECT record_id::text AS id FROM raw_object_manifest WHERE source = $1", run.source
+        )
+    }
+    orphans = listed - manifest
+    assert manifest == set(accepted), "a manifest row exactly for each 202"
+    assert len(orphans) >= sum(stranded) > 0, (orphans, stranded)
+    orphan_uuids = [uuid.UUID(o) for o in orphans]
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM idempotency_keys WHERE record_id = ANY($1)", orphan_uuids
+        )
+        == 0
+    ), "no orphan was ever answered"
+
+    found = await _reconcile(run)
+    assert found["raw_objects"] == len(listed)
+    assert set(found["records"]["raw_without_manifest"]) == orphans, "every orphan, only them"
+    assert {c: n for c, n in found["counts"].items() if n} == {"raw_without_manifest": len(orphans)}
+
+    repair_started = time.time()
+    report = await _reconcile(run, "--repair")
+    assert report["actions"] == {"reenqueued": len(orphans)}, report["actions"]
+    # Every orphan resolved: canonical (re-enqueued and normalized) or marked orphaned.
+    resolved = (
+        "SELECT count(*) FROM raw_object_manifest m WHERE m.record_id = ANY($1) AND (m.state = "
+        "'orphaned' OR (m.state = 'canonicalized' AND EXISTS (SELECT 1 FROM canonical_records c "
+        "WHERE c.record_id = m.record_id)))"
+    )
+
+    async def all_resolved() -> bool:
+        return await db.fetchval(resolved, orphan_uuids) == len(orphans)
+
+    await eventually(all_resolved, timeout=60)
+    repair_s = round(time.time() - repair_started, 2)
+    audited = await db.fetchval(
+        "SELECT count(DISTINCT entity_id) FROM audit_log WHERE actor = 'reconcile' "
+        "AND action = 'reconcile.reenqueued' AND entity_id = ANY($1)",
+        list(orphans),
+    )
+    assert audited == len(orphans), "every repair action is audited"
+    # Orphans whose body a retry got accepted under another record id: stored twice once repaired.
+    superseded = await db.fetchval(
+        "SELECT count(*) FROM raw_object_manifest o WHERE o.record_id = ANY($1) "
+        "AND EXISTS (SELECT 1 FROM raw_object_manifest a WHERE a.record_id = ANY($2) "
+        "AND a.sha256 = o.sha256)",
+        orphan_uuids,
+        [uuid.UUID(a) for a in accepted],
+    )
+
+    inv, _ = await conclude(
+        db,
+        run,
+        load,
+        recover_s=recover_s,
+        also_canonical=orphans,
+        allowed_duplicated=superseded,
+        kills=variant.faults,
+        stranded_at_kill=stranded,
+        orphans_in_s3=len(orphans),
+        orphans_found_by_reconcile=len(found["records"]["raw_without_manifest"]),
+        orphans_reenqueued=report["actions"].get("reenqueued", 0),
+        orphans_marked_orphaned=report["actions"].get("orphaned", 0),
+        orphans_duplicating_an_accepted_body=superseded,
+        repair_s=repair_s,
+    )
+    assert inv.duplicated == superseded, inv.describe()
+    assert inv.holds, inv.describe()
+    after = await _reconcile(run)
+    assert sum(after["counts"].values()) == 0, after["counts"]
