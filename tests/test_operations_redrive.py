@@ -30,9 +30,7 @@ async def test_record_dead_lettered_while_s3_was_down_is_canonical_after_redrive
         async with TopicReader(settings.broker_list, settings.kafka_dlq_topic_v2) as dlq:
             restore_services.append("s3")
             stack_service("s3", "down")
-            await producer.send_and_wait(
-                settings.topic_record_ingested_v2, value, key=rid.encode()
-            )
+            await producer.send_and_wait(settings.topic_record_ingested_v2, value, key=rid.encode())
             await dlq.collect(lambda ms: any(m.key == rid.encode() for m in ms), timeout=90)
             stack_service("s3", "up")
     finally:
