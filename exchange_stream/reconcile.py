@@ -128,6 +128,18 @@ async def _repair_one(ctx: OpsContext, category: str, row: asyncpg.Record) -> st
     except ObjectMissing:
         details["reason"] = "raw object missing"
         return await _apply(ctx, record_id, "orphaned", None, details, row)
+    if category == "raw_without_manifest":
+        # The partner never got a 202 for this object; if its retry was accepted, the same bytes
+        # are already a record, and enqueuing this one too would make a second canonical row.
+        twin = await ctx.pool.fetchval(
+            q("reconcile_same_body_accepted"),
+            row["source"],
+            hashlib.sha256(raw).hexdigest(),
+            record_id,
+        )
+        if twin is not None:
+            details.update(reason="duplicate of an accepted record", accepted_record_id=str(twin))
+            return await _apply(ctx, record_id, "orphaned", None, details, row, raw=raw)
     made = replay_event(key, raw, ctx.store.bucket, "auto", row["created_at"])
     if isinstance(made, str):
         details["reason"] = made

@@ -129,3 +129,29 @@ async def test_manifest_states_that_disagree_are_reported_and_fixed(
 
     await eventually(all_canonicalized, timeout=30)
     assert await _audit(db, str(wrong)) == ["reconcile.marked_canonicalized"]
+
+
+async def test_orphan_of_a_retried_request_is_not_made_a_second_record(
+    worker: WorkerProcess, http: aiohttp.ClientSession, db: asyncpg.Pool, settings: Settings
+) -> None:
+    source = f"recon-{uuid.uuid4().hex[:8]}"
+    body = orjson.dumps(v2_body(source=source))
+    # The crashed attempt left its raw object; the partner's retry was accepted.
+    orphan = str(uuid.uuid4())
+    async with open_store(settings) as store:
+        await store.put(f"{source}/{orphan}.json", body)
+    status, resp, _ = await post_json(http, f"{worker.base_url}/v2/ingest", body, key=new_key())
+    assert status == 202
+    await wait_canonical(db, [resp["record_id"]])
+
+    code, report = await run_cli("reconcile", "--source", source, "--older-than-s", "0", "--repair")
+    assert code == 0, report
+    assert report["result"]["records"]["raw_without_manifest"] == [orphan]
+    assert report["result"]["actions"] == {"orphaned": 1}
+    assert (
+        await db.fetchval("SELECT count(*) FROM canonical_records WHERE source = $1", source) == 1
+    )
+    details = await db.fetchval(
+        "SELECT details FROM audit_log WHERE entity_id = $1 AND actor = 'reconcile'", orphan
+    )
+    assert details["accepted_record_id"] == resp["record_id"]

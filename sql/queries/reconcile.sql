@@ -91,3 +91,10 @@ INSERT INTO outbox_events (topic, key, payload) VALUES ($1, $2, $3)
 -- name: reconcile_audit
 INSERT INTO audit_log (correlation_id, actor, action, entity_type, entity_id, status, details)
 VALUES ($1, $2, $3, 'record', $4, $5, $6)
+
+-- name: reconcile_same_body_accepted
+-- Another record of the source with exactly these bytes: the accepted retry of a crashed request.
+SELECT record_id FROM raw_object_manifest
+WHERE source = $1 AND sha256 = $2 AND record_id <> $3 AND state <> 'orphaned'
+ORDER BY created_at
+LIMIT 1
