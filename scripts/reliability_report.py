@@ -318,13 +318,12 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         figures = work / "figures"
         env = {**os.environ, "RELIABILITY_OUT": str(figures)}
-        if args.long:
-            env["FAULTS_LONG"] = "1"
-        suites = [run_pytest("faults", ["tests/faults"], work, env)]
+        fault_env = {**env, "FAULTS_LONG": "1"} if args.long else env
+        suites = [run_pytest("faults", ["tests/faults"], work, fault_env)]
         hostile = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob(HOSTILE_GLOB))
         if hostile and not args.no_hostile:
-            env["FUZZ_STATS_PATH"] = str(figures / "hostile_fuzz_stats.json")
-            suites.append(run_pytest("hostile", hostile, work, env))
+            hostile_env = {**env, "FUZZ_STATS_PATH": str(figures / "hostile_fuzz_stats.json")}
+            suites.append(run_pytest("hostile", hostile, work, hostile_env))
         fault_docs: list[dict[str, Any]] = []
         stats: list[tuple[str, dict[str, Any]]] = []
         for path in sorted(figures.glob("*.json")) if figures.exists() else []:

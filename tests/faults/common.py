@@ -30,6 +30,7 @@ import asyncpg
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.errors import KafkaError
 
 from exchange_stream.config import Settings
 from exchange_stream.ingest import POSTGRES_UNAVAILABLE
@@ -146,11 +147,30 @@ class FaultRun:
         """An operator command on this run's control topic (or ``--local``) and topics."""
         return await run_cli(*args, env=self.env())
 
-    def close(self) -> None:
+    async def close(self, db: asyncpg.Pool) -> None:
+        """Stop the load and the workers, then delete the run's topics: partitions pile up on the
+        broker otherwise, and a broker with more partitions restarts more slowly. Topics that
+        outbox rows still wait for are kept: every worker's relay would be stuck on those rows."""
         for load in self.loads:
             load.kill()
         for proc in self.workers:
             proc.stop()
+        settings = self.settings
+        topics = [*settings.all_topics(), self.idle_topic]
+        pending = await db.fetchval(
+            "SELECT count(*) FROM outbox_events WHERE published_at IS NULL AND topic = ANY($1)",
+            topics,
+        )
+        if pending:
+            return
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_list)
+        try:
+            await admin.start()
+            await admin.delete_topics(topics)
+        except KafkaError:
+            pass  # best effort: a test that failed may have left the broker down
+        finally:
+            await admin.close()
 
 
 @dataclass

@@ -10,6 +10,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from tests.faults.common import FaultRun, Variant
@@ -28,10 +29,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 async def fault_run(
-    migrated: None, request: pytest.FixtureRequest, tmp_path: Path
+    db: asyncpg.Pool, request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[FaultRun]:
-    """This test's own source, topics and consumer group; its workers and load are stopped
-    at the end whatever happens. The test's ``variant`` parameter sizes the run."""
+    """This test's own source, topics and consumer group; its workers and load are stopped and
+    its topics deleted at the end whatever happens. The test's ``variant`` parameter sizes the
+    run."""
     fault = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
     variant: Variant = request.getfixturevalue("variant")
     doc = request.node.function.__doc__ or request.node.originalname
@@ -40,4 +42,4 @@ async def fault_run(
     try:
         yield run
     finally:
-        run.close()
+        await run.close(db)
