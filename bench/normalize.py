@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import tempfile
 import time
 import uuid
@@ -225,7 +226,7 @@ async def main() -> None:
     args = parser.parse_args()
     base = Settings.from_env()
     topic = f"bench.normalize.{uuid.uuid4().hex[:8]}"
-    await ensure_topics(Settings.from_env({"TOPIC_RECORD_INGESTED_V2": topic}))
+    await ensure_topics(Settings.from_env({**os.environ, "TOPIC_RECORD_INGESTED_V2": topic}))
     pool = await create_pool(base, max_size=10)
     try:
         print(f"pre-filling {topic} with {args.records} events …", flush=True)

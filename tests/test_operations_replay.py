@@ -91,9 +91,11 @@ async def _source_with_records(worker, http, db, n: int = 8) -> tuple[str, list[
 
 
 def settings_for_tests():
+    import os
+
     from exchange_stream.config import Settings
 
-    return Settings.from_env({})
+    return Settings.from_env({**os.environ, "ENV": "local"})
 
 
 async def test_replay_auto_rebuilds_every_deleted_canonical_row_and_verify_sees_no_gaps(
