@@ -45,8 +45,6 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from exchange_stream.config import Settings
-from exchange_stream.ingest import build_event, object_key
-from exchange_stream.storage import open_store
 from tests.auth_tokens import good_token
 from tests.conftest import WORKER_MAX_ATTEMPTS
 from tests.payloads import new_key, partner_a_v1_encounter
@@ -55,6 +53,7 @@ from tests.support import (
     TopicReader,
     WorkerProcess,
     eventually,
+    raw_object_event,
     s3_read_independently,
     wait_canonical,
 )
@@ -167,27 +166,9 @@ async def _direct_event(
     sha256: str | None = None,
 ) -> str:
     """A v2 event produced straight to the topic, for a raw object written (or not) to S3."""
-    raw = orjson.dumps(body)
-    record_id = str(uuid.uuid4())
-    key = object_key(body["source"], record_id)
-    if store:
-        async with open_store(settings) as s3:
-            await s3.put(key, raw)
-    event = build_event(
-        version="2",
-        record_id=record_id,
-        source=body["source"],
-        bucket=settings.raw_bucket,
-        key=key,
-        sha256=sha256 or hashlib.sha256(raw).hexdigest(),
-        size_bytes=len(raw),
-        correlation_id=f"privacy-{record_id}",
-        record_kind=body["record_kind"],
-        schema_hint=body["schema_hint"],
-    )
-    await producer.send_and_wait(
-        settings.topic_record_ingested_v2, orjson.dumps(event), key=record_id.encode()
-    )
+    event, value = await raw_object_event(settings, body, sha256=sha256, store_it=store)
+    record_id = event["record_id"]
+    await producer.send_and_wait(settings.topic_record_ingested_v2, value, key=record_id.encode())
     return record_id
 
 
