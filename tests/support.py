@@ -222,13 +222,13 @@ async def wait_canonical(db, record_ids: list[str], timeout: float = 60.0) -> li
     return await db.fetch("SELECT * FROM canonical_records WHERE record_id = ANY($1)", ids)
 
 
-async def s3_read_independently(settings, key: str) -> bytes:
-    """Read an object with botocore (aioboto3), not the service's own S3 client."""
+@contextlib.asynccontextmanager
+async def independent_s3_client(settings) -> AsyncIterator:
+    """A botocore (aioboto3) S3 client: checks what the service stored without its own client."""
     import aioboto3
     from botocore.config import Config
 
-    session = aioboto3.Session()
-    async with session.client(
+    async with aioboto3.Session().client(
         "s3",
         endpoint_url=settings.minio_endpoint,
         aws_access_key_id=settings.minio_access_key,
@@ -236,6 +236,12 @@ async def s3_read_independently(settings, key: str) -> bytes:
         region_name=settings.s3_region,
         config=Config(s3={"addressing_style": "path"}),
     ) as client:
+        yield client
+
+
+async def s3_read_independently(settings, key: str) -> bytes:
+    """Read an object with botocore (aioboto3), not the service's own S3 client."""
+    async with independent_s3_client(settings) as client:
         resp = await client.get_object(Bucket=settings.raw_bucket, Key=key)
         async with resp["Body"] as stream:
             return await stream.read()

@@ -35,7 +35,7 @@ from aiokafka.errors import KafkaError
 from exchange_stream.config import Settings
 from exchange_stream.ingest import POSTGRES_UNAVAILABLE
 from exchange_stream.topics import ensure_topics
-from tests.support import ROOT, WorkerProcess, run_cli
+from tests.support import ROOT, WorkerProcess, independent_s3_client, run_cli
 
 # A fault worker's retry settings: transient failures reach the DLQ in well under a second, and
 # a SIGKILLed worker's partitions move after the shortest session timeout the config allows.
@@ -584,19 +584,8 @@ async def conclude(
 async def s3_record_ids(settings: Settings, source: str) -> set[str]:
     """Record ids of the raw objects under ``<source>/``, listed with botocore (aioboto3), an
     S3 client independent of the service's own."""
-    import aioboto3
-    from botocore.config import Config
-
-    session = aioboto3.Session()
     ids: set[str] = set()
-    async with session.client(
-        "s3",
-        endpoint_url=settings.minio_endpoint,
-        aws_access_key_id=settings.minio_access_key,
-        aws_secret_access_key=settings.minio_secret_key,
-        region_name=settings.s3_region,
-        config=Config(s3={"addressing_style": "path"}),
-    ) as client:
+    async with independent_s3_client(settings) as client:
         paginator = client.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=settings.raw_bucket, Prefix=f"{source}/"):
             for obj in page.get("Contents", []):
