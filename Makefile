@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export KAFKA_BROKERS ?= 127.0.0.1:$(or $(KAFKA_PORT),9092)
 export MINIO_ENDPOINT ?= http://127.0.0.1:$(or $(S3_PORT),9000)
 
-.PHONY: venv stack stack-down stack-status migrate run test test-fast lint format bench clean
+.PHONY: venv stack stack-down stack-status migrate run test test-fast lint format clean
 
 venv: $(STAMP)
 
@@ -34,14 +34,18 @@ migrate: stack
 run: migrate
 	@$(BIN)/exchange-stream worker
 
-test: stack
-	@$(BIN)/ruff check .
-	@$(BIN)/ruff format --check .
+test: lint stack
 	@$(BIN)/pytest -q $(PYTEST_ARGS)
 
+# The pure tests (mappings, identity, events, envelopes, contracts, parsing): no service needed.
+test-fast: venv
+	@$(BIN)/pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+
+# Style, formatting, and the import layers (pyproject.toml [tool.importlinter]).
 lint: venv
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
+	@$(BIN)/lint-imports --no-cache
 
 format: venv
 	@$(BIN)/ruff format .

@@ -34,11 +34,12 @@ from harness import (
     write_json,
 )
 
-from exchange_stream.config import Settings
-from exchange_stream.db import create_pool
-from exchange_stream.ingest import build_event, object_key
-from exchange_stream.sql import q
-from exchange_stream.storage import open_store
+from exchange_stream.core.events import RawObject, new_event, object_key
+from exchange_stream.core.formats import V2
+from exchange_stream.infra.config import Settings
+from exchange_stream.infra.db import create_pool
+from exchange_stream.infra.sql import q
+from exchange_stream.infra.storage import open_store
 
 
 async def _http_rows(
@@ -93,18 +94,15 @@ async def main() -> None:
             record_id = str(uuid.uuid4())
             key = object_key("bench-partner", record_id)
             sha = uuid.uuid4().hex * 2
-            event = build_event(
-                version="2",
+            event = new_event(
+                V2,
                 record_id=record_id,
                 source="bench-partner",
-                bucket=settings.raw_bucket,
-                key=key,
-                sha256=sha,
-                size_bytes=len(body),
+                raw_object=RawObject(settings.raw_bucket, key, sha, len(body)),
                 correlation_id=record_id,
                 record_kind="encounter",
                 schema_hint="partnerB.v1",
-            )
+            ).to_dict()
             idem = f"bench-db-{record_id}"
             async with pool.acquire() as conn, conn.transaction():
                 await conn.fetchrow(q("ingest_lock_and_lookup"), idem)

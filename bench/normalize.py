@@ -30,11 +30,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from harness import ROOT, bodies, percentile, spawn_worker, wait_ready, write_json
 
-from exchange_stream.config import Settings
-from exchange_stream.db import create_pool
-from exchange_stream.ingest import build_event, object_key
-from exchange_stream.storage import open_store
-from exchange_stream.topics import ensure_topics
+from exchange_stream.core.events import RawObject, new_event, object_key
+from exchange_stream.core.formats import V2
+from exchange_stream.infra.config import Settings
+from exchange_stream.infra.db import create_pool
+from exchange_stream.infra.storage import open_store
+from exchange_stream.infra.topics import ensure_topics
 
 
 async def prefill(settings: Settings, topic: str, n: int) -> list[str]:
@@ -54,18 +55,17 @@ async def prefill(settings: Settings, topic: str, n: int) -> list[str]:
                 key = object_key("bench-normalize", rid)
                 async with sem:
                     await store.put(key, raw)
-                event = build_event(
-                    version="2",
+                event = new_event(
+                    V2,
                     record_id=rid,
                     source="bench-normalize",
-                    bucket=settings.raw_bucket,
-                    key=key,
-                    sha256=hashlib.sha256(raw).hexdigest(),
-                    size_bytes=len(raw),
+                    raw_object=RawObject(
+                        settings.raw_bucket, key, hashlib.sha256(raw).hexdigest(), len(raw)
+                    ),
                     correlation_id=rid,
                     record_kind=doc["record_kind"],
                     schema_hint=doc["schema_hint"],
-                )
+                ).to_dict()
                 await producer.send(topic, orjson.dumps(event), key=rid.encode())
                 ids.append(rid)
 

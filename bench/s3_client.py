@@ -17,8 +17,8 @@ import aioboto3
 from botocore.config import Config
 from harness import ROOT  # noqa: F401  (puts the repository on sys.path)
 
-from exchange_stream.config import Settings
-from exchange_stream.storage import open_store
+from exchange_stream.infra.config import Settings
+from exchange_stream.infra.storage import open_store
 
 
 async def measure(

@@ -1,5 +1,5 @@
 import sys
 
-from exchange_stream.cli import main
+from exchange_stream.cli.main import main
 
 sys.exit(main())

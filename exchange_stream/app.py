@@ -1,7 +1,7 @@
-"""The Faust application: configuration, resources, web routes and (later) agents.
+"""The worker, assembled: configuration, resources, the relay, the agents and the web routes.
 
-``create_app`` is the single place where the worker is assembled; ``exchange-stream worker`` runs
-what it returns.
+``create_app`` is the one place where the parts meet; ``exchange-stream worker`` runs what it
+returns.
 """
 
 from __future__ import annotations
@@ -12,40 +12,35 @@ from typing import Any
 import faust
 from mode import ServiceT
 
-from exchange_stream import agents
-from exchange_stream.config import Settings
-from exchange_stream.normalize import Normalizer
-from exchange_stream.outbox import OutboxRelay
-from exchange_stream.runtime import Runtime
-from exchange_stream.tokenizer import Tokenizer
-
-# aiohttp refuses larger bodies with 413 before a view reads them (SPEC §4: over 10 MiB → 413).
-MAX_BODY_BYTES = 10 * 1024 * 1024
+from exchange_stream.core.identity import Tokenizer
+from exchange_stream.infra.config import Settings
+from exchange_stream.infra.runtime import Runtime
+from exchange_stream.ops import control
+from exchange_stream.pipeline import agents
+from exchange_stream.pipeline.gate import DependencyGate
+from exchange_stream.pipeline.normalize import Normalizer
+from exchange_stream.pipeline.outbox import OutboxRelay
+from web import routes
+from web.context import WebContext
 
 
 class ExchangeApp(faust.App):
     """A Faust app that starts the shared runtime first and serves the service's routes."""
 
-    settings: Settings
     runtime: Runtime
     relay: OutboxRelay
-    tokenizer: Tokenizer
-    normalizer: Normalizer
+    web_context: WebContext
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
-        # The runtime first: every other part borrows its pool and S3 client.
+        # The runtime first: every other part borrows its pool, S3 client and producer.
         return [self.runtime, self.relay, *super().on_init_dependencies()]
 
     def on_webserver_init(self, web: Any) -> None:
-        from web.routes import install
-
-        install(web.web_app, self)
+        routes.install(web.web_app, self.web_context)
 
 
 def create_app(settings: Settings) -> ExchangeApp:
     """Build the worker's app for ``settings``."""
-    from web.middleware import middlewares
-
     app = ExchangeApp(
         settings.app_id,
         broker=";".join(f"kafka://{b}" for b in settings.broker_list),
@@ -63,17 +58,18 @@ def create_app(settings: Settings) -> ExchangeApp:
         web_enabled=True,
         web_bind=settings.web_bind,
         web_port=settings.web_port,
-        web_application_options={
-            "client_max_size": MAX_BODY_BYTES,
-            # aiohttp's 8 KiB header limit would answer an oversized token with its own plain
-            # 400 quoting the header; let the view refuse it with the contract's 401 instead.
-            "handler_args": {"max_field_size": 80 * 1024},
-            "middlewares": middlewares(),
-        },
+        web_application_options=routes.application_options(),
     )
-    app.settings = settings
-    app.runtime = Runtime(settings, beacon=app.beacon)
-    app.relay = OutboxRelay(settings, app.runtime, beacon=app.beacon)
-    app.tokenizer = Tokenizer(settings.tokenizer_hmac_secret)
-    agents.register(app)
+    runtime = Runtime(settings, beacon=app.beacon)
+    gate = DependencyGate(runtime.probe)
+    app.runtime = runtime
+    app.relay = OutboxRelay(settings, runtime, beacon=app.beacon)
+    app.web_context = WebContext(
+        settings=settings,
+        tokenizer=Tokenizer(settings.tokenizer_hmac_secret),
+        gate=gate,
+        resources=runtime,
+    )
+    agents.register(app, Normalizer(settings, runtime, gate))
+    control.register(app, runtime)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 
@@ -10,10 +11,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from exchange_stream.config import Settings
-from exchange_stream.db import create_pool
-from exchange_stream.migrate import migrate
-from tests.support import ROOT, WorkerProcess, running_worker
+from exchange_stream.infra.config import Settings
+from exchange_stream.infra.db import create_pool
+from exchange_stream.infra.migrate import migrate
+from tests.support import ROOT, WorkerProcess, running_worker, s3_gateway_with_credentials
 
 # Both test workers share the consumer group and these settings, so either may process an event.
 WORKER_MAX_ATTEMPTS = 3
@@ -84,17 +85,41 @@ STRICT_ENV = {
     "JWT_SECRET": "test-jwt-secret-0123456789abcdef",
     "JWT_ISSUER": "https://issuer.test",
     "JWT_AUDIENCE": "exchange-stream-test",
-    # The local stack's credentials, passed explicitly as a real deployment would.
-    "POSTGRES_PASSWORD": "exchange",
-    "MINIO_SECRET_KEY": "minioadmin",
+    "RECIPIENT_TOKEN_SECRET": "test-recipient-token-secret-0123456789",
 }
+# A login of the test database with a password of its own: outside ENV=local the local stack's
+# password "exchange" is refused.
+STRICT_PG_ROLE = "exchange_strict"
+
+
+@pytest.fixture(scope="session")
+async def strict_credentials(db: asyncpg.Pool, settings: Settings) -> AsyncIterator[dict[str, str]]:
+    """Postgres and S3 credentials that are not the local stack's defaults, for a worker that
+    runs with ENV=staging: a login role that is a member of ``exchange``, and a second S3
+    server over the same data with its own keys."""
+    password = secrets.token_urlsafe(24)  # URL-safe characters only: fine inside the statement
+    await db.execute(
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{STRICT_PG_ROLE}') "
+        f"THEN CREATE ROLE {STRICT_PG_ROLE} LOGIN; END IF; END $$"
+    )
+    await db.execute(f"ALTER ROLE {STRICT_PG_ROLE} PASSWORD '{password}'")
+    await db.execute(f"GRANT {settings.postgres_user} TO {STRICT_PG_ROLE}")
+    s3_access, s3_secret = "strict-access", secrets.token_urlsafe(24)
+    async with s3_gateway_with_credentials(s3_access, s3_secret) as s3_url:
+        yield {
+            "POSTGRES_USER": STRICT_PG_ROLE,
+            "POSTGRES_PASSWORD": password,
+            "MINIO_ENDPOINT": s3_url,
+            "MINIO_ACCESS_KEY": s3_access,
+            "MINIO_SECRET_KEY": s3_secret,
+        }
 
 
 @pytest.fixture(scope="session")
 async def strict_worker(
-    migrated: None, tmp_path_factory: pytest.TempPathFactory
+    migrated: None, strict_credentials: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[WorkerProcess]:
-    """A worker with ENV=staging: JWTs only, every secret set explicitly."""
-    env = {**SHARED_WORKER_ENV, **STRICT_ENV}
+    """A worker with ENV=staging: JWTs only, every secret set explicitly and none a default."""
+    env = {**SHARED_WORKER_ENV, **STRICT_ENV, **strict_credentials}
     async with running_worker(tmp_path_factory.mktemp("strict-worker"), env) as proc:
         yield proc

@@ -19,7 +19,12 @@ import orjson
 
 from tests.support import ROOT
 
-JOBS_CLI = [sys.executable, "-m", "exchange_stream.jobs.cli"]
+# ``exchange-stream jobs …``; runs are --local: these tests start no worker.
+JOBS_CLI = [sys.executable, "-m", "exchange_stream", "jobs"]
+
+
+def _local(args: tuple[str, ...]) -> list[str]:
+    return [*args, "--local"] if args and args[0] == "run" else list(args)
 
 
 def fresh_source(label: str) -> str:
@@ -111,10 +116,10 @@ def cli_env() -> dict[str, str]:
 
 
 async def run_jobs_cli(*args: str, timeout: float = 120.0) -> CliResult:
-    """``python -m exchange_stream.jobs.cli ARGS`` to completion, as an operator runs it."""
+    """``exchange-stream jobs ARGS --local`` to completion, as an operator runs it."""
     proc = await asyncio.to_thread(
         subprocess.run,
-        [*JOBS_CLI, *args],
+        [*JOBS_CLI, *_local(args)],
         cwd=ROOT,
         env=cli_env(),
         capture_output=True,
@@ -127,7 +132,7 @@ async def run_jobs_cli(*args: str, timeout: float = 120.0) -> CliResult:
 async def start_jobs_cli(*args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         *JOBS_CLI,
-        *args,
+        *_local(args),
         cwd=ROOT,
         env=cli_env(),
         stdout=asyncio.subprocess.PIPE,

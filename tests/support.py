@@ -205,6 +205,21 @@ class TopicReader:
                 messages.extend(records)
         return messages
 
+    async def collect_to_end(self, timeout: float = 30.0) -> list:
+        """Every message since start up to the topic's end as of now: what was published before
+        this call, read without waiting on time."""
+        tps = list(self.start)
+        end = await self.consumer.end_offsets(tps)
+        messages: list = []
+        deadline = time.monotonic() + timeout
+        while [tp for tp in tps if await self.consumer.position(tp) < end[tp]]:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.topic} not read to its end within {timeout} s")
+            batch = await self.consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                messages.extend(records)
+        return messages
+
 
 async def wait_canonical(db, record_ids: list[str], timeout: float = 60.0) -> list:
     """Wait until every record id has a canonical row; return the rows."""
@@ -325,8 +340,9 @@ async def raw_object_event(
 
     import orjson
 
-    from exchange_stream.ingest import build_event, object_key
-    from exchange_stream.storage import open_store
+    from exchange_stream.core.events import RawObject, new_event, object_key
+    from exchange_stream.core.formats import V2
+    from exchange_stream.infra.storage import open_store
 
     raw = orjson.dumps(body)
     record_id = str(_uuid.uuid4())
@@ -334,16 +350,72 @@ async def raw_object_event(
     if store_it:
         async with open_store(settings) as store:
             await store.put(key, raw)
-    event = build_event(
-        version="2",
+    event = new_event(
+        V2,
         record_id=record_id,
         source=body["source"],
-        bucket=settings.raw_bucket,
-        key=key,
-        sha256=sha256 or hashlib.sha256(raw).hexdigest(),
-        size_bytes=len(raw),
+        raw_object=RawObject(
+            settings.raw_bucket, key, sha256 or hashlib.sha256(raw).hexdigest(), len(raw)
+        ),
         correlation_id=f"test-{record_id}",
         record_kind=body["record_kind"],
         schema_hint=body["schema_hint"],
-    )
+    ).to_dict()
     return event, orjson.dumps(event)
+
+
+def stack_dir() -> Path:
+    """Where the stack keeps its data and logs (``STACK_DIR``, default ``.stack``)."""
+    return Path(os.environ.get("STACK_DIR") or ROOT / ".stack")
+
+
+@contextlib.asynccontextmanager
+async def s3_gateway_with_credentials(access_key: str, secret_key: str) -> AsyncIterator[str]:
+    """A second S3 server over the stack's own data, answering to other credentials: what an
+    ENV=staging worker needs, as it refuses the local stack's ``minioadmin``. Yields its URL."""
+    port = free_port()
+    data = stack_dir() / "s3" / "data"
+    env = {
+        **os.environ,
+        "ROOT_ACCESS_KEY_ID": access_key,
+        "ROOT_ACCESS_KEY": access_key,
+        "ROOT_SECRET_ACCESS_KEY": secret_key,
+        "ROOT_SECRET_KEY": secret_key,
+    }
+    proc = subprocess.Popen(
+        [
+            # Another argv[0]: scripts/stack/s3.sh must not take this server for the stack's own.
+            "versitygw-second",
+            "--port",
+            f"127.0.0.1:{port}",
+            "--region",
+            os.environ.get("S3_REGION", "us-east-1"),
+            "--health",
+            "/_health",
+            "--quiet",
+            "posix",
+            str(data),
+        ],
+        executable=str(ROOT / ".cache" / "bin" / "versitygw"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        async def answers() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the second S3 server exited with {proc.returncode}")
+            async with aiohttp.ClientSession() as s, s.get(f"{url}/_health") as r:
+                return r.status == 200
+
+        await eventually(answers, timeout=60)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -4,28 +4,26 @@ from __future__ import annotations
 
 import pytest
 
-from exchange_stream.contracts import (
+from exchange_stream.core.events import RawObject, new_event
+from exchange_stream.core.formats import for_version
+from exchange_stream.infra.contracts import (
     ContractViolation,
     check_event,
     check_request,
     command_params,
 )
-from exchange_stream.ingest import build_event
 
 
 def _event(version: str = "2") -> dict:
-    return build_event(
-        version=version,
+    return new_event(
+        for_version(version),
         record_id="0b7c9c1e-5a4b-4f7e-9a43-5bd1d5f0e001",
         source="s",
-        bucket="b",
-        key="s/k.json",
-        sha256="a" * 64,
-        size_bytes=10,
+        raw_object=RawObject("b", "s/k.json", "a" * 64, 10),
         correlation_id="corr-0001",
         record_kind="claim",
         schema_hint="partnerB.v1",
-    )
+    ).to_dict()
 
 
 @pytest.mark.parametrize("version", ["1", "2"])

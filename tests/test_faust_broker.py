@@ -12,7 +12,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from exchange_stream.config import Settings
+from exchange_stream.infra.config import Settings
 from tests.support import ROOT, eventually
 
 

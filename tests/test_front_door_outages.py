@@ -7,7 +7,7 @@ import collections
 import aiohttp
 import asyncpg
 
-from exchange_stream.config import Settings
+from exchange_stream.infra.config import Settings
 from tests.payloads import new_key, v2_body
 from tests.support import TopicReader, WorkerProcess, eventually, post_json, stack_service
 
@@ -21,7 +21,7 @@ async def test_kafka_down_ingest_still_accepts_and_outbox_drains_once_back(
     settings: Settings,
     restore_services: list[str],
 ) -> None:
-    topic = settings.topic_record_ingested_v2
+    topic = settings.ingest_topic_for("2")
     async with TopicReader(settings.broker_list, topic) as reader:
         restore_services.append("kafka")
         stack_service("kafka", "down")

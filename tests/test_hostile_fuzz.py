@@ -42,7 +42,7 @@ import requests
 import schemathesis
 from schemathesis import checks
 
-from exchange_stream.contracts import OPENAPI_PATH
+from exchange_stream.infra.contracts import OPENAPI_PATH
 from tests.support import WorkerProcess
 
 MAX_EXAMPLES = 50

@@ -9,8 +9,8 @@ import aiohttp
 import asyncpg
 import orjson
 
-from exchange_stream.config import Settings
-from exchange_stream.contracts import check_event
+from exchange_stream.infra.config import Settings
+from exchange_stream.infra.contracts import check_event
 from tests.payloads import new_key, v1_body, v2_body
 from tests.support import TopicReader, WorkerProcess, post_json, s3_read_independently
 

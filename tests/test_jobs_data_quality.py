@@ -11,10 +11,10 @@ import uuid
 import asyncpg
 import pytest
 
-from exchange_stream import metrics
-from exchange_stream.jobs import run_job_recorded
-from exchange_stream.jobs.data_quality import CHECKS, NAME
-from exchange_stream.operations import local_context
+from exchange_stream.infra import metrics
+from exchange_stream.ops.data_quality import CHECKS, NAME
+from exchange_stream.ops.framework import local_context, run_here
+from exchange_stream.ops.registry import JOBS
 from tests.jobs_support import fresh_source, insert_canonical, remove_source, run_jobs_cli
 
 pytestmark = pytest.mark.usefixtures("migrated")
@@ -204,7 +204,7 @@ async def test_full_run_is_recorded_and_sets_the_gauges(settings, planted: dict)
         async def on_progress(progress: dict) -> None:
             seen.append(progress)
 
-        outcome = await run_job_recorded(ctx, NAME, {}, on_progress)
+        outcome = await run_here(ctx, JOBS[NAME], JOBS[NAME].params({}), on_progress)
         assert outcome.status == "succeeded", outcome.error
         row = await ctx.pool.fetchrow(
             "SELECT status, progress, result FROM job_runs WHERE job_run_id = $1",

@@ -13,9 +13,9 @@ import uuid
 import asyncpg
 import pytest
 
-from exchange_stream.jobs import JOBS, run_job, run_job_recorded
-from exchange_stream.jobs.patient_index import NAME, START_CURSOR
-from exchange_stream.operations import OperationFailed, local_context
+from exchange_stream.ops.framework import ParamsInvalid
+from exchange_stream.ops.patient_index import NAME, START_CURSOR
+from exchange_stream.ops.registry import JOBS, RUN_JOB, resolve
 from tests.jobs_support import (
     canonical_ids,
     fresh_source,
@@ -251,28 +251,18 @@ async def test_a_row_committed_late_behind_the_cursor_is_not_skipped(
     await _assert_index_equals_canonical(db, source)
 
 
-async def test_unknown_job_and_bad_params_are_refused(settings) -> None:
-    async with local_context(settings) as ctx:
-
-        async def progress(_: dict) -> None:
-            return None
-
-        with pytest.raises(OperationFailed, match="unknown job"):
-            await run_job(ctx, "no-such-job", {}, progress)
-        with pytest.raises(OperationFailed, match="batch_size must be at least 1"):
-            await run_job(ctx, NAME, {"batch_size": 0}, progress)
-        with pytest.raises(OperationFailed, match="exclude each other"):
-            await run_job(ctx, NAME, {"dry_run": True, "verify": True}, progress)
-
-        outcome = await run_job_recorded(ctx, NAME, {"bogus": 1})
-        assert outcome.status == "failed" and "does not accept bogus" in outcome.error
-        row = await ctx.pool.fetchrow(
-            "SELECT status, error FROM job_runs WHERE job_run_id = $1", outcome.job_run_id
-        )
-        assert row["status"] == "failed" and "bogus" in row["error"]
-
+async def test_unknown_job_and_bad_params_are_refused() -> None:
+    with pytest.raises(ParamsInvalid, match="unknown job"):
+        resolve(RUN_JOB, {"job": "no-such-job"})
+    op = JOBS[NAME]
+    with pytest.raises(ParamsInvalid, match=r"invalid field: batch_size \(at least 1\)"):
+        op.params({"batch_size": 0})
+    with pytest.raises(ParamsInvalid, match="exclude each other"):
+        op.params({"dry_run": True, "verify": True})
+    with pytest.raises(ParamsInvalid, match="unknown field: bogus"):
+        resolve(RUN_JOB, {"job": NAME, "params": {"bogus": 1}})
     cli = await run_jobs_cli("run", NAME, "--stuck-after-s", "5")
-    assert cli.returncode == 2 and "does not accept stuck_after_s" in cli.stderr
+    assert cli.returncode == 2 and "unrecognized arguments: --stuck-after-s" in cli.stderr
     assert set(JOBS) == {"materialize-patient-index", "data-quality"}
 
 
@@ -287,7 +277,7 @@ async def test_a_run_is_recorded_with_progress_and_result(db: asyncpg.Pool, sour
         uuid.UUID(run.doc["job_run_id"]),
     )
     assert row["job_name"] == NAME and row["status"] == "succeeded"
-    assert row["params"] == {"batch_size": 3}
+    assert row["params"]["batch_size"] == 3
     assert row["result"] == run.result
     assert row["progress"]["phase"] == "indexing" and row["progress"]["done"] >= 20
     assert row["ended_at"] is not None

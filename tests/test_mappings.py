@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from exchange_stream.mappings import KIND_FIELDS, MAPPING_VERSION, MappingError, map_payload
-from exchange_stream.mappings.common import (
+from exchange_stream.core.mappings import KIND_FIELDS, MAPPING_VERSION, MappingError, map_payload
+from exchange_stream.core.mappings.common import (
     RESULT_TOKENS,
     to_date,
     to_decimal_string,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from exchange_stream.mappings import KIND_FIELDS, map_payload
+from exchange_stream.core.mappings import KIND_FIELDS, map_payload
 from tests.fhir_fixtures import bundle_patients, fhir_records, patient_identifiers
 
 RECORDS = fhir_records()

@@ -7,8 +7,8 @@ import uuid
 
 import asyncpg
 
-from exchange_stream.config import Settings
-from exchange_stream.migrate import discover, migrate
+from exchange_stream.infra.config import Settings
+from exchange_stream.infra.migrate import discover, migrate
 
 # SPEC §7, restated here on purpose: the test is the contract's independent check.
 SPEC_TABLES = {

@@ -14,8 +14,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from exchange_stream.config import Settings
-from exchange_stream.topics import ensure_topics
+from exchange_stream.infra.config import Settings
+from exchange_stream.infra.topics import ensure_topics
 from tests.payloads import new_key, v1_body, v2_body
 from tests.support import WorkerProcess, post_json, wait_canonical
 

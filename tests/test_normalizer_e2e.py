@@ -8,8 +8,8 @@ import aiohttp
 import asyncpg
 import orjson
 
-from exchange_stream.mappings import KIND_FIELDS, MAPPING_VERSION
-from exchange_stream.normalize import parse_time
+from exchange_stream.core.mappings import KIND_FIELDS, MAPPING_VERSION
+from exchange_stream.core.timefmt import parse_time
 from tests.fhir_fixtures import fhir_records, patient_identifiers
 from tests.payloads import new_key, patient_v1, patient_v2
 from tests.support import WorkerProcess, post_json, wait_canonical

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from exchange_stream.config import Settings
+from exchange_stream.infra.config import Settings
 from tests.conftest import WORKER_MAX_ATTEMPTS
 from tests.payloads import new_key, v2_body
 from tests.support import (
@@ -59,9 +59,9 @@ async def test_same_event_delivered_twice_makes_one_row(
 ) -> None:
     event, value = await raw_object_event(settings, v2_body(source="redelivery"))
     rid = event["record_id"]
-    await producer.send_and_wait(settings.topic_record_ingested_v2, value, key=rid.encode())
+    await producer.send_and_wait(settings.ingest_topic_for("2"), value, key=rid.encode())
     await wait_canonical(db, [rid])
-    await producer.send_and_wait(settings.topic_record_ingested_v2, value, key=rid.encode())
+    await producer.send_and_wait(settings.ingest_topic_for("2"), value, key=rid.encode())
 
     async def second_attempt_done() -> bool:
         rows = await _attempts(db, rid)
@@ -86,8 +86,8 @@ async def test_checksum_mismatch_goes_to_dlq_after_one_attempt(
 ) -> None:
     event, value = await raw_object_event(settings, v2_body(source="tampered"), sha256="0" * 64)
     rid = event["record_id"]
-    async with TopicReader(settings.broker_list, settings.kafka_dlq_topic_v2) as reader:
-        await producer.send_and_wait(settings.topic_record_ingested_v2, value, key=rid.encode())
+    async with TopicReader(settings.broker_list, settings.dlq_topic_for("2")) as reader:
+        await producer.send_and_wait(settings.ingest_topic_for("2"), value, key=rid.encode())
         envelope = await _dlq_for(reader, rid.encode())
     assert envelope["original_event"] == event
     assert envelope["error"] == {
@@ -113,7 +113,7 @@ async def test_unmappable_payload_sent_through_http_goes_to_dlq_once(
     body = v2_body(source="unmappable")
     del body["payload"]["encounter_id"]
     body["payload"]["patient_note"] = "Sentinel-Note-Q7"
-    async with TopicReader(settings.broker_list, settings.kafka_dlq_topic_v2) as reader:
+    async with TopicReader(settings.broker_list, settings.dlq_topic_for("2")) as reader:
         status, resp, _ = await post_json(http, f"{worker.base_url}/v2/ingest", body, key=new_key())
         assert status == 202
         rid = resp["record_id"]
@@ -145,8 +145,8 @@ async def test_missing_raw_object_retries_then_dlq(
 ) -> None:
     event, value = await raw_object_event(settings, v2_body(source="vanished"), store_it=False)
     rid = event["record_id"]
-    async with TopicReader(settings.broker_list, settings.kafka_dlq_topic_v2) as reader:
-        await producer.send_and_wait(settings.topic_record_ingested_v2, value, key=rid.encode())
+    async with TopicReader(settings.broker_list, settings.dlq_topic_for("2")) as reader:
+        await producer.send_and_wait(settings.ingest_topic_for("2"), value, key=rid.encode())
         envelope = await _dlq_for(reader, rid.encode())
     assert envelope["error"]["type"] == "RawObjectMissing"
     assert envelope["attempts"] == WORKER_MAX_ATTEMPTS
@@ -162,26 +162,66 @@ async def test_missing_raw_object_retries_then_dlq(
     assert all(a["transient"] for a in attempts)
 
 
-async def test_s3_stopped_retries_then_dlq(
+async def _readyz(http: aiohttp.ClientSession, worker: WorkerProcess) -> dict:
+    async with http.get(f"{worker.base_url}/readyz") as r:
+        return await r.json()
+
+
+async def _paused_gauge(http: aiohttp.ClientSession, worker: WorkerProcess) -> float | None:
+    async with http.get(f"{worker.base_url}/metrics") as r:
+        text = await r.text()
+    for line in text.splitlines():
+        if line.startswith('normalizer_paused{dependency="s3"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_s3_stopped_pauses_the_normalizer_and_nothing_is_dead_lettered(
     worker: WorkerProcess,
     db: asyncpg.Pool,
+    http: aiohttp.ClientSession,
     settings: Settings,
     producer: AIOKafkaProducer,
     restore_services: list[str],
 ) -> None:
     event, value = await raw_object_event(settings, v2_body(source="s3-outage"))
     rid = event["record_id"]
-    async with TopicReader(settings.broker_list, settings.kafka_dlq_topic_v2) as reader:
+    log_lines_before = len(worker.log_text().splitlines())
+    async with TopicReader(settings.broker_list, settings.dlq_topic_for("2")) as reader:
         restore_services.append("s3")
         stack_service("s3", "down")
-        await producer.send_and_wait(settings.topic_record_ingested_v2, value, key=rid.encode())
-        envelope = await _dlq_for(reader, rid.encode(), timeout=90)
+        await producer.send_and_wait(settings.ingest_topic_for("2"), value, key=rid.encode())
+
+        async def paused() -> bool:
+            ready = await _readyz(http, worker)
+            return ready["normalizer"]["waiting_for"] == ["s3"] and "s3" in ready["failing"]
+
+        await eventually(paused, timeout=60)
+        assert await _paused_gauge(http, worker) == 1.0
+        # The failed read is in the ledger, as retryable; the record spends no attempt waiting.
+        stage = await _stage(db, rid)
+        assert stage["status"] == "failed_retryable"
+        assert stage["last_error_type"] == "StorageUnavailable"
         stack_service("s3", "up")
-    assert envelope["error"]["type"] == "StorageUnavailable"
-    assert envelope["error"]["stage"] == "fetch"
-    assert envelope["attempts"] == WORKER_MAX_ATTEMPTS
+        restore_services.remove("s3")
+        await wait_canonical(db, [rid], timeout=90)
+        await eventually(lambda: _not_paused(http, worker), timeout=30)
+        # Anything dead-lettered would have been published before the canonical row.
+        later = await reader.collect(lambda ms: False, timeout=1.0)
+    assert not [m for m in later if m.key == rid.encode()]
+    assert (await _stage(db, rid))["status"] == "succeeded"
     attempts = await _attempts(db, rid)
-    assert len(attempts) == WORKER_MAX_ATTEMPTS
+    assert attempts[-1]["status"] == "succeeded"
+    assert all(a["error_type"] in (None, "StorageUnavailable") for a in attempts)
+    assert await _paused_gauge(http, worker) == 0.0
+    logged = worker.log_text().splitlines()[log_lines_before:]
+    pauses = [line for line in logged if "normalizer paused" in line and '"s3"' in line]
+    resumes = [line for line in logged if "normalizer resumed" in line and '"s3"' in line]
+    assert (len(pauses), len(resumes)) == (1, 1), (pauses, resumes)
+
+
+async def _not_paused(http: aiohttp.ClientSession, worker: WorkerProcess) -> bool:
+    return (await _readyz(http, worker))["normalizer"]["paused"] is False
 
 
 async def test_unparseable_message_goes_to_dlq_with_the_unparseable_envelope(
@@ -189,8 +229,8 @@ async def test_unparseable_message_goes_to_dlq_with_the_unparseable_envelope(
 ) -> None:
     garbage = b"{not an event " + uuid.uuid4().bytes.hex().encode()
     key = hashlib.sha256(garbage).digest()[:16]
-    async with TopicReader(settings.broker_list, settings.kafka_dlq_topic_v2) as reader:
-        await producer.send_and_wait(settings.topic_record_ingested_v2, garbage, key=b"junk")
+    async with TopicReader(settings.broker_list, settings.dlq_topic_for("2")) as reader:
+        await producer.send_and_wait(settings.ingest_topic_for("2"), garbage, key=b"junk")
         envelope = await _dlq_for(reader, key)
     assert envelope["original_event"] == {
         "unparseable_event": True,

@@ -8,8 +8,8 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from exchange_stream.config import Settings
-from exchange_stream.contracts import check_result
+from exchange_stream.infra.config import Settings
+from exchange_stream.infra.contracts import check_result
 from tests.support import TopicReader, WorkerProcess, run_cli
 
 
@@ -117,5 +117,5 @@ async def test_run_job_through_the_control_topic_is_recorded_and_answered(
     row = await db.fetchrow(
         "SELECT job_name, status, result FROM job_runs WHERE command_id = $1", command_id
     )
-    assert (row["job_name"], row["status"]) == ("run_job", "succeeded")
-    assert row["result"]["job"] == "data-quality"
+    assert (row["job_name"], row["status"]) == ("data-quality", "succeeded")
+    assert row["result"]["clean"] is True

@@ -9,8 +9,8 @@ import aiohttp
 import asyncpg
 import orjson
 
-from exchange_stream.config import Settings
-from exchange_stream.storage import open_store
+from exchange_stream.infra.config import Settings
+from exchange_stream.infra.storage import open_store
 from tests.payloads import new_key, v1_body, v2_body
 from tests.support import WorkerProcess, eventually, post_json, run_cli, wait_canonical
 

@@ -6,9 +6,8 @@ import uuid
 
 import aiohttp
 import asyncpg
-import pytest
 
-from exchange_stream.replay import infer_version, replay_correlation_id
+from exchange_stream.core.events import replay_correlation_id
 from tests.conftest import SHARED_WORKER_ENV
 from tests.payloads import new_key, v1_body, v2_body
 from tests.support import (
@@ -19,58 +18,6 @@ from tests.support import (
     wait_canonical,
     wait_offsets_committed,
 )
-
-
-@pytest.mark.parametrize(
-    ("body", "expected"),
-    [
-        (
-            {
-                "record_kind": "claim",
-                "schema_hint": "partnerA.v1",
-                "patient": {"given_name": "A", "family_name": "B"},
-            },
-            "2",
-        ),
-        ({"record_type": "claim", "patient": {"first_name": "A", "last_name": "B"}}, "1"),
-        # v2 wins when a body carries both shapes, as SPEC §8 orders the checks.
-        (
-            {
-                "record_kind": "claim",
-                "schema_hint": "x",
-                "record_type": "claim",
-                "patient": {
-                    "given_name": "A",
-                    "family_name": "B",
-                    "first_name": "A",
-                    "last_name": "B",
-                },
-            },
-            "2",
-        ),
-        ({"record_kind": "claim", "patient": {"given_name": "A", "family_name": "B"}}, None),
-        ({"record_type": "claim", "patient": {"first_name": "A"}}, None),
-        ({"record_type": "claim", "patient": "A B"}, None),
-        (
-            {
-                "record_kind": "claim",
-                "schema_hint": "x",
-                "patient": {"given_name": 1, "family_name": "B"},
-            },
-            None,
-        ),
-        ({}, None),
-        ([1, 2], None),
-        ("text", None),
-    ],
-)
-def test_replay_version_inference(body: object, expected: str | None) -> None:
-    assert infer_version(body) == expected
-
-
-def test_replay_correlation_id_is_uuid5_of_the_record_id() -> None:
-    rid = "0b7c9c1e-5a4b-4f7e-9a43-5bd1d5f0e001"
-    assert replay_correlation_id(rid) == str(uuid.uuid5(uuid.NAMESPACE_URL, rid))
 
 
 async def _source_with_records(worker, http, db, n: int = 8) -> tuple[str, list[str]]:
@@ -93,7 +40,7 @@ async def _source_with_records(worker, http, db, n: int = 8) -> tuple[str, list[
 def settings_for_tests():
     import os
 
-    from exchange_stream.config import Settings
+    from exchange_stream.infra.config import Settings
 
     return Settings.from_env({**os.environ, "ENV": "local"})
 
@@ -159,7 +106,7 @@ async def test_second_replay_adds_no_rows_and_dry_run_emits_nothing(
 async def test_replay_reports_uninferable_objects_and_honours_limit(
     worker: WorkerProcess, http: aiohttp.ClientSession, db: asyncpg.Pool
 ) -> None:
-    from exchange_stream.storage import open_store
+    from exchange_stream.infra.storage import open_store
 
     source, ids = await _source_with_records(worker, http, db, n=3)
     odd = f"{source}/{uuid.uuid4()}.json"

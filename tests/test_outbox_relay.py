@@ -9,7 +9,7 @@ import statistics
 import aiohttp
 import asyncpg
 
-from exchange_stream.config import Settings
+from exchange_stream.infra.config import Settings
 from tests.auth_tokens import good_token
 from tests.payloads import new_key, v2_body
 from tests.support import TopicReader, WorkerProcess, eventually, post_json
@@ -22,7 +22,7 @@ async def test_two_workers_relaying_publish_each_row_once(
     db: asyncpg.Pool,
     settings: Settings,
 ) -> None:
-    async with TopicReader(settings.broker_list, settings.topic_record_ingested_v2) as reader:
+    async with TopicReader(settings.broker_list, settings.ingest_topic_for("2")) as reader:
 
         async def post(i: int) -> str:
             target, token = (worker, "dev") if i % 2 else (strict_worker, good_token())

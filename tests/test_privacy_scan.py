@@ -44,7 +44,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from exchange_stream.config import Settings
+from exchange_stream.infra.config import Settings
 from tests.auth_tokens import good_token
 from tests.conftest import WORKER_MAX_ATTEMPTS
 from tests.payloads import new_key, partner_a_v1_encounter
@@ -168,7 +168,7 @@ async def _direct_event(
     """A v2 event produced straight to the topic, for a raw object written (or not) to S3."""
     event, value = await raw_object_event(settings, body, sha256=sha256, store_it=store)
     record_id = event["record_id"]
-    await producer.send_and_wait(settings.topic_record_ingested_v2, value, key=record_id.encode())
+    await producer.send_and_wait(settings.ingest_topic_for("2"), value, key=record_id.encode())
     return record_id
 
 
@@ -240,10 +240,10 @@ async def test_no_patient_identifier_leaves_the_raw_store(
     dlq_keys: dict[bytes, str] = {}  # DLQ message key -> the case it stands for
 
     async with (
-        TopicReader(settings.broker_list, settings.kafka_dlq_topic_v1) as dlq_v1,
-        TopicReader(settings.broker_list, settings.kafka_dlq_topic_v2) as dlq_v2,
-        TopicReader(settings.broker_list, settings.topic_record_ingested_v1) as events_v1,
-        TopicReader(settings.broker_list, settings.topic_record_ingested_v2) as events_v2,
+        TopicReader(settings.broker_list, settings.dlq_topic_for("1")) as dlq_v1,
+        TopicReader(settings.broker_list, settings.dlq_topic_for("2")) as dlq_v2,
+        TopicReader(settings.broker_list, settings.ingest_topic_for("1")) as events_v1,
+        TopicReader(settings.broker_list, settings.ingest_topic_for("2")) as events_v2,
     ):
         # --- accepted and canonical -------------------------------------------------------
         noted = {**partner_a_v1_encounter(), "patient_note": s.note}
@@ -301,7 +301,7 @@ async def test_no_patient_identifier_leaves_the_raw_store(
             ),
         ]
         for value in bad_events:
-            await producer.send_and_wait(settings.topic_record_ingested_v2, value, key=INJECTED)
+            await producer.send_and_wait(settings.ingest_topic_for("2"), value, key=INJECTED)
             dlq_keys[hashlib.sha256(value).digest()[:16]] = "unparseable event"
 
         # --- refused requests: every error body is kept ------------------------------------

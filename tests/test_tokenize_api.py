@@ -54,7 +54,7 @@ async def test_ssn_absent_null_and_empty_agree(worker, http, ssn) -> None:
         ({"given_name": "A", "family_name": "B", "dob": "2023-02-29"}, "invalid field: dob"),
         (
             {"given_name": "A", "family_name": "B", "dob": "2023-01-01", "mrn": "1"},
-            "unknown field: mrn",
+            "unknown field",
         ),
         ({"family_name": "B", "dob": "2023-01-01"}, "missing field: given_name"),
         (

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from exchange_stream.tokenizer import (
+from exchange_stream.core.identity import (
     IdentityError,
     Tokenizer,
     canonical_identity,

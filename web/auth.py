@@ -7,7 +7,7 @@ from typing import Any
 
 import jwt
 
-from exchange_stream.config import Settings
+from exchange_stream.infra.config import Settings
 
 # A real token for this service is a few hundred bytes; refuse absurd ones before parsing.
 MAX_TOKEN_BYTES = 4096

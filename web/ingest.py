@@ -1,18 +1,20 @@
-"""POST /v1/ingest and /v2/ingest: authenticate, validate, and hand over to the ingest stage."""
+"""POST /v<N>/ingest, a view per format: authenticate, validate, hand over to the ingest stage."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from exchange_stream import ingest, metrics
-from exchange_stream.app import MAX_BODY_BYTES
-from exchange_stream.logs import correlation_id_var
+from exchange_stream.core.formats import IngestFormat
+from exchange_stream.infra import metrics
+from exchange_stream.infra.logs import correlation_id_var
+from exchange_stream.pipeline import ingest
 from web.auth import Unauthorized, authenticate
-from web.keys import FAUST_APP
+from web.context import CONTEXT, MAX_BODY_BYTES
 from web.responses import error, json_response
 
 log = logging.getLogger(__name__)
@@ -50,12 +52,13 @@ async def read_body(request: web.Request) -> bytes:
     return await request.read()
 
 
-def _handler(version: str):
-    route = f"/v{version}/ingest"
+def handler(fmt: IngestFormat) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The view of ``POST /v<N>/ingest`` for one format."""
+    route = fmt.route
 
     async def view(request: web.Request) -> web.Response:
         started = time.perf_counter()
-        response = await _ingest(request, version)
+        response = await _ingest(request, fmt)
         metrics.ingest_requests_total.labels(route, str(response.status)).inc()
         metrics.ingest_latency_seconds.labels(route).observe(time.perf_counter() - started)
         return response
@@ -63,9 +66,9 @@ def _handler(version: str):
     return view
 
 
-async def _ingest(request: web.Request, version: str) -> web.Response:
-    app = request.app[FAUST_APP]
-    settings = app.settings
+async def _ingest(request: web.Request, fmt: IngestFormat) -> web.Response:
+    ctx = request.app[CONTEXT]
+    settings = ctx.settings
     try:
         actor = authenticate(request.headers.get("Authorization"), settings)
     except Unauthorized:
@@ -82,13 +85,13 @@ async def _ingest(request: web.Request, version: str) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         return error(413, "payload too large")
     try:
-        req = ingest.parse_request(version, body)
+        req = ingest.parse_request(fmt, body)
     except ingest.BadRequest as exc:
         return error(400, exc.reason)
     try:
         result = await ingest.accept(
-            app.runtime.pool,
-            app.runtime.store,
+            ctx.pool,
+            ctx.store,
             settings,
             req,
             idempotency_key=key,
@@ -103,7 +106,3 @@ async def _ingest(request: web.Request, version: str) -> web.Response:
     fields = {"record_id": result.response["record_id"], "replayed": result.replayed}
     log.info("ingest accepted", extra={"fields": fields})
     return json_response(result.response, status=202)
-
-
-ingest_v1 = _handler("1")
-ingest_v2 = _handler("2")

@@ -96,8 +96,9 @@ CONF
   if [ "$(as_pg "${psql[@]}" -d postgres -c "SELECT 1 FROM pg_roles WHERE rolname='$USER_NAME'")" != 1 ]; then
     as_pg "${psql[@]}" -d postgres -c "CREATE ROLE \"$USER_NAME\" LOGIN PASSWORD '$PASSWORD'" >/dev/null
   fi
-  # CREATEDB lets the tests make throw-away databases (e.g. to migrate a blank schema).
-  as_pg "${psql[@]}" -d postgres -c "ALTER ROLE \"$USER_NAME\" CREATEDB" >/dev/null
+  # CREATEDB lets the tests make throw-away databases (e.g. to migrate a blank schema), and
+  # CREATEROLE a login with a non-default password (the tests' ENV=staging worker).
+  as_pg "${psql[@]}" -d postgres -c "ALTER ROLE \"$USER_NAME\" CREATEDB CREATEROLE" >/dev/null
   if [ "$(as_pg "${psql[@]}" -d postgres -c "SELECT 1 FROM pg_database WHERE datname='$DB'")" != 1 ]; then
     as_pg "${psql[@]}" -d postgres -c "CREATE DATABASE \"$DB\" OWNER \"$USER_NAME\"" >/dev/null
   fi

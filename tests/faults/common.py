@@ -32,9 +32,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
 
-from exchange_stream.config import Settings
-from exchange_stream.ingest import POSTGRES_UNAVAILABLE
-from exchange_stream.topics import ensure_topics
+from exchange_stream.infra.config import Settings
+from exchange_stream.infra.db import POSTGRES_UNAVAILABLE
+from exchange_stream.infra.topics import ensure_topics
 from tests.support import ROOT, WorkerProcess, independent_s3_client, run_cli
 
 # A fault worker's retry settings: transient failures reach the DLQ in well under a second, and

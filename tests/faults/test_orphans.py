@@ -21,7 +21,7 @@ import uuid
 import asyncpg
 import pytest
 
-from exchange_stream.config import Settings
+from exchange_stream.infra.config import Settings
 from tests.faults.common import (
     FaultRun,
     Variant,

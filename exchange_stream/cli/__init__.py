@@ -1,0 +1,1 @@
+"""``exchange-stream <command>``: the worker and every operation, from the shell."""

@@ -1,0 +1,273 @@
+"""Every operation from the shell, with the same options, progress, output and exit codes.
+
+The options of an operation are built from its parameter contract (``contracts/commands/``):
+``--batch-size`` for ``batch_size``, a switch for a boolean, choices for an enum, and the
+property's description as the help. By default the command is published on the control topic and
+its results are followed until the final one; ``--local`` runs the same operation in this process
+instead (for operators without a running worker). ``--output json`` prints one JSON object.
+
+Exit codes (the one table of the CLI):
+
+====  ==========================================================================
+0     succeeded (also a duplicate of a command id whose run succeeded)
+1     failed, rejected, or a duplicate of a command id whose run failed
+2     bad arguments or configuration
+3     succeeded, but a check found gaps (``--verify``)
+4     no final result within ``--timeout``
+====  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from exchange_stream.cli.console import ProgressLine
+from exchange_stream.cli.render import print_text
+from exchange_stream.infra.config import Settings
+from exchange_stream.ops.framework import (
+    Operation,
+    ParamsInvalid,
+    local_context,
+    run_here,
+)
+from exchange_stream.ops.registry import JOBS, OPERATIONS, RUN_JOB
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GAPS, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+FINAL = {"succeeded", "failed", "rejected", "duplicate"}
+# Where the chosen operation is kept on the parsed arguments.
+_OP = "_operation"
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """One sub-command per operation, at its ``cli`` words (``dlq redrive``, ``jobs run NAME``),
+    and ``jobs list``."""
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): sub}
+    helps = {("dlq",): "dead-letter queues", ("jobs",): "derived datasets and checks"}
+    helps[("jobs", "run")] = "run a job (on a worker, or --local)"
+    for op in OPERATIONS.values():
+        parent = ()
+        for word in op.cli[:-1]:
+            path = (*parent, word)
+            if path not in groups:
+                p = groups[parent].add_parser(word, help=helps.get(path, word))
+                groups[path] = p.add_subparsers(dest=f"_{'_'.join(path)}", required=True)
+                if path == ("jobs",):
+                    groups[path].add_parser("list", help="the jobs and their parameters")
+            parent = path
+        p = groups[parent].add_parser(op.cli[-1], help=op.summary, description=op.summary)
+        _add_params(p, op)
+        _add_common(p)
+        p.set_defaults(**{_OP: op.name})
+
+
+def _add_params(p: argparse.ArgumentParser, op: Operation) -> None:
+    schema = op.schema()
+    required = set(schema.get("required", ()))
+    for name, spec in schema["properties"].items():
+        flag = "--" + name.replace("_", "-")
+        help_text = spec["description"]
+        if "default" in spec and spec["default"] not in (False, "", None):
+            help_text += f" (default {spec['default']})"
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
+        if spec.get("type") == "boolean":
+            kwargs.update(action="store_const", const=True)
+        elif "enum" in spec:
+            kwargs.update(choices=spec["enum"])
+        elif spec.get("type") == "integer":
+            kwargs.update(type=int, metavar="N")
+        elif spec.get("type") == "number":
+            kwargs.update(type=float, metavar="X")
+        else:
+            kwargs.update(metavar=name.upper())
+        if name in required:
+            kwargs["required"] = True
+        p.add_argument(flag, **kwargs)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="run in this process instead of sending the command to the workers",
+    )
+    p.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text (default): a readable summary; json: one JSON object on stdout",
+    )
+    p.add_argument(
+        "--command-id",
+        help="idempotency id of the command (default: a new UUID); not used with --local",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="seconds to wait for the final result (default 600)",
+    )
+
+
+def params_from_args(op: Operation, args: argparse.Namespace) -> dict[str, Any]:
+    """The parameters given on the command line (options left out take the contract's
+    defaults)."""
+    names = op.schema()["properties"]
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def is_operation(args: argparse.Namespace) -> bool:
+    return getattr(args, _OP, None) is not None
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the operation the arguments name; see the module docstring for exit codes."""
+    op = OPERATIONS[getattr(args, _OP)]
+    given = params_from_args(op, args)
+    try:
+        params = op.params(given)
+    except ParamsInvalid as exc:
+        print(f"exchange-stream {' '.join(op.cli)}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    line = ProgressLine(op.name, enabled=args.output == "text")
+    try:
+        if args.local:
+            final = asyncio.run(_run_local(settings, op, params, line))
+        else:
+            command, command_params = (
+                (RUN_JOB, {"job": op.name, "params": given}) if op.job else (op.name, given)
+            )
+            command_id = args.command_id or str(uuid.uuid4())
+            final = asyncio.run(
+                _submit_and_follow(
+                    settings, command, command_params, command_id, args.timeout, line
+                )
+            )
+    finally:
+        line.close()
+    if final is None:
+        print(
+            f"exchange-stream: no result for {op.name} within {args.timeout:g} s", file=sys.stderr
+        )
+        return EXIT_TIMEOUT
+    final["operation"] = op.name
+    if args.output == "json":
+        sys.stdout.write(orjson.dumps(final).decode() + "\n")
+    else:
+        print_text(final, sys.stdout)
+    code = exit_code(final)
+    if final["status"] == "duplicate" and code == EXIT_FAILED:
+        print(
+            f"exchange-stream: command {final.get('command_id')} ran before and failed: "
+            f"{final.get('error')}",
+            file=sys.stderr,
+        )
+    return code
+
+
+def exit_code(final: dict[str, Any]) -> int:
+    """The exit code of a final result message (the table of the module docstring)."""
+    status = final["status"]
+    if status == "duplicate":
+        status = final.get("previous_status", "failed")
+    if status != "succeeded":
+        return EXIT_FAILED
+    result = final.get("result") or {}
+    if result.get("gaps") or result.get("ok") is False:
+        return EXIT_GAPS
+    return EXIT_OK
+
+
+async def _run_local(
+    settings: Settings, op: Operation, params: dict[str, Any], line: ProgressLine
+) -> dict[str, Any]:
+    async with local_context(settings) as ctx:
+
+        async def on_progress(progress: dict[str, Any]) -> None:
+            line.update(progress)
+
+        outcome = await run_here(ctx, op, params, on_progress)
+        return {
+            "command": op.name,
+            "command_id": None,
+            "job_run_id": str(outcome.job_run_id),
+            "status": outcome.status,
+            "result": outcome.summary,
+            "error": outcome.error,
+            "local": True,
+        }
+
+
+async def _submit_and_follow(
+    settings: Settings,
+    command: str,
+    params: dict[str, Any],
+    command_id: str,
+    wait_s: float,
+    line: ProgressLine,
+) -> dict[str, Any] | None:
+    """Publish the command, then read results for its id until a final one arrives."""
+    results = settings.topic_control_results
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_list)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([results])
+    finally:
+        await admin.close()
+    tps = [TopicPartition(results, p["partition"]) for p in described["partitions"]]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.broker_list, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        for tp, offset in (await consumer.end_offsets(tps)).items():
+            consumer.seek(tp, offset)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.broker_list, acks="all")
+        await producer.start()
+        try:
+            message = {
+                "command_id": command_id,
+                "command": command,
+                "params": params,
+                "requested_by": "cli",
+            }
+            await producer.send_and_wait(
+                settings.topic_control, orjson.dumps(message), key=command_id.encode()
+            )
+        finally:
+            await producer.stop()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for messages in batch.values():
+                for msg in messages:
+                    if msg.key != command_id.encode():
+                        continue
+                    doc = orjson.loads(msg.value)
+                    if doc["status"] in FINAL:
+                        return doc
+                    line.update(doc.get("progress") or {})
+        return None
+    finally:
+        await consumer.stop()
+
+
+def print_jobs(out: Any = None) -> None:
+    """``jobs list``: every job, its summary and its parameters."""
+    out = out or sys.stdout
+    for op in JOBS.values():
+        out.write(f"{op.name}: {op.summary}\n")
+        for name, spec in op.schema()["properties"].items():
+            default = f", default {spec['default']!r}" if "default" in spec else ""
+            kind = spec.get("type", "enum")
+            out.write(f"  --{name.replace('_', '-')} ({kind}{default}): {spec['description']}\n")

@@ -1,0 +1,255 @@
+"""All configuration, read once from the environment (docs/CONFIGURATION.md).
+
+Defaults match the local stack. Outside ``ENV=local`` a secret left at its default is refused,
+so a misconfigured deployment stops at start instead of running with a well-known key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit
+
+from exchange_stream.core.formats import FORMATS
+from exchange_stream.infra.topics import (
+    CONTROL,
+    CONTROL_RESULTS,
+    TOPICS,
+    dlq_role,
+    ingested_role,
+)
+
+# Secrets whose local defaults must never reach a real deployment, and the local stack's own
+# service passwords, which are refused outside ENV=local even when set explicitly.
+_SECRET_DEFAULTS = {
+    "POSTGRES_PASSWORD": "exchange",
+    "MINIO_SECRET_KEY": "minioadmin",
+    "JWT_SECRET": "dev-jwt-secret-change-me",
+    "TOKENIZER_HMAC_SECRET": "dev-tokenizer-secret-change-me",
+    "RECIPIENT_TOKEN_SECRET": "dev-recipient-token-secret-change-me",
+}
+# Minimum lengths (bytes of UTF-8) of the keys this service owns, outside ENV=local. HS256 keys
+# shorter than the hash (32 bytes) are refused by RFC 7518 §3.2.
+_MIN_SECRET_BYTES = {"JWT_SECRET": 32, "TOKENIZER_HMAC_SECRET": 16, "RECIPIENT_TOKEN_SECRET": 32}
+
+
+class ConfigError(ValueError):
+    """The environment does not describe a runnable configuration."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting; secrets are kept out of ``repr()`` (settings reach logs and tracebacks)."""
+
+    env: str = "local"
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = 5432
+    postgres_db: str = "exchange"
+    postgres_user: str = "exchange"
+    postgres_password: str = field(default=_SECRET_DEFAULTS["POSTGRES_PASSWORD"], repr=False)
+    database_url: str | None = field(default=None, repr=False)
+    minio_endpoint: str = "http://127.0.0.1:9000"
+    minio_access_key: str = "minioadmin"
+    minio_secret_key: str = field(default=_SECRET_DEFAULTS["MINIO_SECRET_KEY"], repr=False)
+    s3_region: str = "us-east-1"
+    raw_bucket: str = "raw-objects"
+    kafka_brokers: str = "127.0.0.1:9092"
+    # Topic name per role of infra/topics.py (``ingested.v1``, ``dlq.v2``, ``control`` …).
+    topics: Mapping[str, str] = field(default_factory=lambda: _topic_names({}))
+    kafka_topics: tuple[str, ...] = tuple(f.topic.default for f in FORMATS)
+    topic_partitions: int = 6
+    jwt_issuer: str = "exchange-stream-local"
+    jwt_audience: str = "exchange-stream"
+    jwt_secret: str = field(default=_SECRET_DEFAULTS["JWT_SECRET"], repr=False)
+    tokenizer_hmac_secret: str = field(
+        default=_SECRET_DEFAULTS["TOKENIZER_HMAC_SECRET"], repr=False
+    )
+    recipient_token_secret: str = field(
+        default=_SECRET_DEFAULTS["RECIPIENT_TOKEN_SECRET"], repr=False
+    )
+    max_attempts: int = 5
+    backoff_base_ms: int = 200
+    web_port: int = 8080
+    normalizer_concurrency: int = 4
+    pg_pool_size: int = 20
+    kafka_session_timeout_s: int = 10
+    control_heartbeat_s: float = 10.0
+    control_takeover_after_s: float = 60.0
+    web_bind: str = "127.0.0.1"
+    app_id: str = "exchange-stream"
+    log_level: str = "INFO"
+    data_dir: str = "exchange-stream-data"
+
+    @property
+    def is_local(self) -> bool:
+        return self.env == "local"
+
+    def topic(self, role: str) -> str:
+        """The name of the topic with ``role`` (see infra/topics.py)."""
+        return self.topics[role]
+
+    @property
+    def topic_control(self) -> str:
+        return self.topics[CONTROL.role]
+
+    @property
+    def topic_control_results(self) -> str:
+        return self.topics[CONTROL_RESULTS.role]
+
+    @property
+    def dsn(self) -> str:
+        """The Postgres DSN, from ``DATABASE_URL`` or the ``POSTGRES_*`` parts."""
+        if self.database_url:
+            return self.database_url
+        return (
+            f"postgresql://{quote(self.postgres_user)}:{quote(self.postgres_password)}"
+            f"@{self.postgres_host}:{self.postgres_port}/{quote(self.postgres_db)}"
+        )
+
+    @property
+    def broker_list(self) -> list[str]:
+        return [b.strip() for b in self.kafka_brokers.split(",") if b.strip()]
+
+    def ingest_topic_for(self, version: str) -> str:
+        """The ingested-event topic of the format with ``event_version`` ``version``."""
+        return self.topics[ingested_role(version)]
+
+    def dlq_topic_for(self, version: str) -> str:
+        return self.topics[dlq_role(version)]
+
+    def all_topics(self) -> list[str]:
+        """Every topic the stack creates."""
+        return [self.topics[t.role] for t in TOPICS if t.created_by_stack]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from the environment and refuse unsafe ones (see module doc)."""
+        e = os.environ if environ is None else environ
+
+        def get(name: str, default: str) -> str:
+            value = e.get(name)
+            return default if value is None or value == "" else value
+
+        def get_int(name: str, default: int, minimum: int = 0) -> int:
+            raw = get(name, str(default))
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be an integer") from None
+            if value < minimum:
+                raise ConfigError(f"{name} must be at least {minimum}")
+            return value
+
+        def get_float(name: str, default: float, minimum: float) -> float:
+            try:
+                value = float(get(name, str(default)))
+            except ValueError:
+                raise ConfigError(f"{name} must be a number") from None
+            if not value >= minimum:
+                raise ConfigError(f"{name} must be at least {minimum:g}")
+            return value
+
+        topics = _topic_names(e)
+        if e.get("KAFKA_TOPICS"):
+            consumed = tuple(t.strip() for t in e["KAFKA_TOPICS"].split(",") if t.strip())
+        elif e.get("KAFKA_TOPIC"):
+            consumed = (e["KAFKA_TOPIC"].strip(),)
+        else:
+            consumed = tuple(topics[ingested_role(f.version)] for f in FORMATS)
+
+        settings = cls(
+            env=get("ENV", "local"),
+            postgres_host=get("POSTGRES_HOST", "127.0.0.1"),
+            postgres_port=get_int("POSTGRES_PORT", 5432, 1),
+            postgres_db=get("POSTGRES_DB", "exchange"),
+            postgres_user=get("POSTGRES_USER", "exchange"),
+            postgres_password=get("POSTGRES_PASSWORD", _SECRET_DEFAULTS["POSTGRES_PASSWORD"]),
+            database_url=e.get("DATABASE_URL") or None,
+            minio_endpoint=get("MINIO_ENDPOINT", "http://127.0.0.1:9000"),
+            minio_access_key=get("MINIO_ACCESS_KEY", "minioadmin"),
+            minio_secret_key=get("MINIO_SECRET_KEY", _SECRET_DEFAULTS["MINIO_SECRET_KEY"]),
+            s3_region=get("S3_REGION", "us-east-1"),
+            raw_bucket=get("RAW_BUCKET", "raw-objects"),
+            kafka_brokers=get("KAFKA_BROKERS", "127.0.0.1:9092"),
+            topics=topics,
+            kafka_topics=consumed,
+            topic_partitions=get_int("TOPIC_PARTITIONS", 6, 1),
+            jwt_issuer=get("JWT_ISSUER", "exchange-stream-local"),
+            jwt_audience=get("JWT_AUDIENCE", "exchange-stream"),
+            jwt_secret=get("JWT_SECRET", _SECRET_DEFAULTS["JWT_SECRET"]),
+            tokenizer_hmac_secret=get(
+                "TOKENIZER_HMAC_SECRET", _SECRET_DEFAULTS["TOKENIZER_HMAC_SECRET"]
+            ),
+            recipient_token_secret=get(
+                "RECIPIENT_TOKEN_SECRET", _SECRET_DEFAULTS["RECIPIENT_TOKEN_SECRET"]
+            ),
+            max_attempts=get_int("MAX_ATTEMPTS", 5, 1),
+            backoff_base_ms=get_int("BACKOFF_BASE_MS", 200, 0),
+            web_port=get_int("WEB_PORT", 8080, 0),
+            normalizer_concurrency=get_int("NORMALIZER_CONCURRENCY", 4, 1),
+            pg_pool_size=get_int("PG_POOL_SIZE", 20, 2),
+            kafka_session_timeout_s=get_int("KAFKA_SESSION_TIMEOUT_S", 10, 6),
+            control_heartbeat_s=get_float("CONTROL_HEARTBEAT_S", 10.0, 0.1),
+            control_takeover_after_s=get_float("CONTROL_TAKEOVER_AFTER_S", 60.0, 1.0),
+            web_bind=get("WEB_BIND", "127.0.0.1"),
+            app_id=get("APP_ID", "exchange-stream"),
+            log_level=get("LOG_LEVEL", "INFO").upper(),
+            data_dir=get("DATA_DIR", "exchange-stream-data"),
+        )
+        settings.check(name for name in _SECRET_DEFAULTS if e.get(name))
+        return settings
+
+    def check(self, explicitly_set: Iterable[str] = ()) -> None:
+        """Outside ``ENV=local``: every secret must come from the environment, none may be a
+        local placeholder or the local stack's own password, and the keys this service owns
+        must be long enough. Messages name variables, never values."""
+        if self.is_local:
+            return
+        given = set(explicitly_set)
+        secrets = {
+            "POSTGRES_PASSWORD": self.postgres_password,
+            "MINIO_SECRET_KEY": self.minio_secret_key,
+            "JWT_SECRET": self.jwt_secret,
+            "TOKENIZER_HMAC_SECRET": self.tokenizer_hmac_secret,
+            "RECIPIENT_TOKEN_SECRET": self.recipient_token_secret,
+        }
+        if self.database_url:
+            # The password then travels inside DATABASE_URL; POSTGRES_PASSWORD is unused.
+            secrets["POSTGRES_PASSWORD"] = urlsplit(self.database_url).password or ""
+            given.add("POSTGRES_PASSWORD")
+        unset = sorted(name for name in secrets if name not in given)
+        if unset:
+            raise ConfigError(
+                f"ENV={self.env} refuses default secrets: set {', '.join(unset)} in the "
+                "environment (defaults are allowed only with ENV=local)"
+            )
+        local = sorted(name for name, value in secrets.items() if value == _SECRET_DEFAULTS[name])
+        if local:
+            raise ConfigError(
+                f"ENV={self.env} refuses the local stack's secrets: {', '.join(local)} "
+                "must not be the local placeholder or password"
+            )
+        weak = sorted(
+            f"{name} (at least {n} bytes)"
+            for name, n in _MIN_SECRET_BYTES.items()
+            if len(secrets[name].encode()) < n
+        )
+        if weak:
+            raise ConfigError(f"ENV={self.env} refuses weak secrets: {', '.join(weak)}")
+
+
+def _topic_names(environ: Mapping[str, str]) -> dict[str, str]:
+    """Topic name per role, from the environment or the defaults; the DLQs fall back to
+    ``KAFKA_DLQ_TOPIC`` and the results topic is named after the control topic."""
+    dlq_fallback = environ.get("KAFKA_DLQ_TOPIC") or None
+    names: dict[str, str] = {}
+    for topic in TOPICS:
+        if topic is CONTROL_RESULTS:
+            continue
+        default = topic.name.default
+        if topic.role.startswith("dlq.") and dlq_fallback:
+            default = dlq_fallback
+        names[topic.role] = environ.get(topic.name.env) or default
+    names[CONTROL_RESULTS.role] = f"{names[CONTROL.role]}.results"
+    return names

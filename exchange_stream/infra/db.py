@@ -1,0 +1,55 @@
+"""The Postgres connection pool, and the errors that mean Postgres is not answering."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import orjson
+
+from exchange_stream.infra.config import Settings
+
+# Errors that mean "Postgres is not answering", as opposed to a bug in a statement.
+POSTGRES_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    # A pooled connection whose server went away mid-restart: "protocol is in the failed state".
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb travels as text; orjson does the (de)serialisation on both sides.
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda v: orjson.dumps(v).decode(),
+        decoder=orjson.loads,
+        schema="pg_catalog",
+        format="text",
+    )
+
+
+async def _keep_connection(conn: asyncpg.Connection) -> None:
+    """Return a connection to the pool as it is. asyncpg's default reset costs one round trip per
+    release (UNLISTEN, RESET ALL, advisory unlock); pooled connections here never change session
+    state: every lock is transaction-scoped and LISTEN uses its own connection."""
+
+
+async def create_pool(settings: Settings, *, min_size: int = 0, max_size: int = 20) -> asyncpg.Pool:
+    """A pool that connects lazily: a worker starts, and reports unready, while Postgres is down."""
+    return await asyncpg.create_pool(
+        settings.dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        reset=_keep_connection,
+        command_timeout=30,
+        timeout=5,
+        max_inactive_connection_lifetime=300,
+    )

@@ -1,0 +1,115 @@
+"""Every Prometheus metric of the service, declared in one place.
+
+Labels carry routes, statuses, kinds, stages and error types only: never a value from a record.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+ingest_requests_total = Counter(
+    "ingest_requests_total",
+    "HTTP ingest and tokenize requests by route and response status.",
+    ["route", "status"],
+    registry=REGISTRY,
+)
+ingest_latency_seconds = Histogram(
+    "ingest_latency_seconds",
+    "Time from request received to response, by route.",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+outbox_pending = Gauge(
+    "outbox_pending",
+    "Outbox rows not yet published, as last seen by this worker's relay.",
+    registry=REGISTRY,
+)
+outbox_published_total = Counter(
+    "outbox_published_total", "Outbox rows published to Kafka by this worker.", registry=REGISTRY
+)
+outbox_publish_failures_total = Counter(
+    "outbox_publish_failures_total",
+    "Outbox publish batches that failed (rows stay pending and are retried).",
+    registry=REGISTRY,
+)
+outbox_relay_latency_seconds = Histogram(
+    "outbox_relay_latency_seconds",
+    "Time from outbox row creation to its publish acknowledgement.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+normalizer_records_total = Counter(
+    "normalizer_records_total",
+    "Records finished by the normalizer: outcome canonical or duplicate, by kind and hint.",
+    ["outcome", "record_kind", "schema_hint"],
+    registry=REGISTRY,
+)
+normalizer_failures_total = Counter(
+    "normalizer_failures_total",
+    "Failed normalizer attempts by stage and error type (retried or dead-lettered).",
+    ["stage", "error_type"],
+    registry=REGISTRY,
+)
+dlq_published_total = Counter(
+    "dlq_published_total",
+    "Events published to a DLQ topic, by stage and error type.",
+    ["stage", "error_type"],
+    registry=REGISTRY,
+)
+normalizer_end_to_end_seconds = Histogram(
+    "normalizer_end_to_end_seconds",
+    "Time from the event's occurred_at to its canonical row's commit.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+    registry=REGISTRY,
+)
+normalizer_batch_size = Histogram(
+    "normalizer_batch_size",
+    "Messages per normalizer batch.",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500),
+    registry=REGISTRY,
+)
+normalizer_consumer_lag = Gauge(
+    "normalizer_consumer_lag",
+    "Messages behind the partition's high watermark, as of the last batch.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+normalizer_paused = Gauge(
+    "normalizer_paused",
+    "1 while the normalizer waits for this dependency to answer again (an outage), else 0.",
+    ["dependency"],
+    registry=REGISTRY,
+)
+normalizer_pauses_total = Counter(
+    "normalizer_pauses_total",
+    "Times the normalizer paused because a dependency did not answer.",
+    ["dependency"],
+    registry=REGISTRY,
+)
+data_quality_issues = Gauge(
+    "data_quality_issues",
+    "Rows found by the last full data-quality job run in this process, by check.",
+    ["check"],
+    registry=REGISTRY,
+)
+data_quality_checked_at = Gauge(
+    "data_quality_checked_at_seconds",
+    "Unix time of the last full data-quality job run in this process.",
+    registry=REGISTRY,
+)
+readiness_checks_total = Counter(
+    "readiness_checks_total",
+    "Dependency checks made by /readyz, by dependency and outcome.",
+    ["dependency", "outcome"],
+    registry=REGISTRY,
+)
+
+
+def render() -> bytes:
+    """The registry in the Prometheus text format."""
+    return generate_latest(REGISTRY)

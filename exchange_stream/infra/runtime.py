@@ -1,0 +1,90 @@
+"""Process-wide resources (Postgres pool, raw store, Kafka publisher) as one service started
+before the app, and the probes that tell whether each dependency answers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import asyncpg
+import mode
+from aiokafka import AIOKafkaClient
+
+from exchange_stream.infra.config import Settings
+from exchange_stream.infra.db import create_pool
+from exchange_stream.infra.kafka import Publisher
+from exchange_stream.infra.sql import q
+from exchange_stream.infra.storage import RawStore, open_store
+
+PROBE_TIMEOUT_S = 3.0
+DEPENDENCIES = ("postgres", "kafka", "s3")
+
+
+class NotStarted(RuntimeError):
+    """A resource was used before the runtime started."""
+
+
+class Runtime(mode.Service):
+    """Owns the pool, the S3 client and the Kafka publisher; agents, views and the relay
+    borrow them."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self.settings = settings
+        self._pool: asyncpg.Pool | None = None
+        self._store: RawStore | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self.publisher = Publisher(settings, client_id=f"{settings.app_id}-publisher")
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        self._pool = await create_pool(self.settings, max_size=self.settings.pg_pool_size)
+        self._store = await self._stack.enter_async_context(open_store(self.settings))
+
+    async def on_stop(self) -> None:
+        await self.publisher.stop()
+        await self._stack.aclose()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise NotStarted("postgres pool")
+        return self._pool
+
+    @property
+    def store(self) -> RawStore:
+        if self._store is None:
+            raise NotStarted("raw store")
+        return self._store
+
+    async def probe(self, dependency: str) -> None:
+        """Raise unless ``dependency`` (one of ``DEPENDENCIES``) answers in time."""
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            await _PROBES[dependency](self)
+
+
+async def _probe_postgres(runtime: Runtime) -> None:
+    async with runtime.pool.acquire(timeout=PROBE_TIMEOUT_S) as conn:
+        await conn.fetchval(q("health_ping"))
+
+
+async def _probe_kafka(runtime: Runtime) -> None:
+    # A fresh client per check: bootstrapping is a real metadata round trip to a broker.
+    client = AIOKafkaClient(
+        bootstrap_servers=runtime.settings.broker_list,
+        request_timeout_ms=int(PROBE_TIMEOUT_S * 1000),
+    )
+    try:
+        await client.bootstrap()
+    finally:
+        await client.close()
+
+
+async def _probe_s3(runtime: Runtime) -> None:
+    await runtime.store.exists_bucket()
+
+
+_PROBES = {"postgres": _probe_postgres, "kafka": _probe_kafka, "s3": _probe_s3}

@@ -1,0 +1,1 @@
+"""Operations an operator runs: the control plane, replay, reconcile, DLQ redrive and jobs."""

@@ -1,0 +1,57 @@
+"""The normalizer agent: a short loop over the ingested topics that hands batches to a stage."""
+
+from __future__ import annotations
+
+import faust
+
+from exchange_stream.infra import metrics
+from exchange_stream.pipeline.normalize import Message, Normalizer
+
+NORMALIZER_BATCH = 200
+NORMALIZER_WITHIN_S = 0.02
+
+
+def register(app: faust.App, normalizer: Normalizer) -> None:
+    """Declare the normalizer agent on ``app``, reading the topics of ``KAFKA_TOPICS``."""
+    settings = normalizer.settings
+    ingested = app.topic(
+        *settings.kafka_topics,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.topic_partitions,
+    )
+
+    @app.agent(ingested, name="normalize", concurrency=settings.normalizer_concurrency)
+    async def normalize(stream: faust.StreamT) -> None:
+        # take_events acknowledges a batch only when the loop comes back for the next one,
+        # that is after process() has put every message in a canonical row or the DLQ.
+        async for events in stream.take_events(NORMALIZER_BATCH, within=NORMALIZER_WITHIN_S):
+            batch = [
+                Message(e.message.topic, e.message.partition, e.message.offset, e.message.value)
+                for e in events
+            ]
+            metrics.normalizer_batch_size.observe(len(batch))
+            await normalizer.process(batch)
+            _observe_lag(app, events)
+
+
+def _observe_lag(app: faust.App, events: list) -> None:
+    last: dict = {}
+    for e in events:
+        last[e.message.tp] = e.message.offset
+    for tp, offset in last.items():
+        highwater = _highwater(app, tp)
+        if highwater is not None:
+            metrics.normalizer_consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                max(0, highwater - offset - 1)
+            )
+
+
+def _highwater(app: faust.App, tp: object) -> int | None:
+    # A partition revoked by a rebalance since the batch was read has no high watermark here.
+    try:
+        return app.consumer.highwater(tp)
+    except (AssertionError, KeyError):
+        return None

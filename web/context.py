@@ -1,0 +1,38 @@
+"""What the views are given: settings, the tokenizer, the normalizer's gate and the resources."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from aiohttp import web
+
+from exchange_stream.core.identity import Tokenizer
+from exchange_stream.infra.config import Settings
+from exchange_stream.infra.runtime import Runtime
+from exchange_stream.infra.storage import RawStore
+from exchange_stream.pipeline.gate import DependencyGate
+
+# aiohttp refuses larger bodies with 413 before a view reads them.
+MAX_BODY_BYTES = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WebContext:
+    """Everything a view uses; the pool and the store exist once the worker has started."""
+
+    settings: Settings
+    tokenizer: Tokenizer
+    gate: DependencyGate
+    resources: Runtime
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.resources.pool
+
+    @property
+    def store(self) -> RawStore:
+        return self.resources.store
+
+
+CONTEXT = web.AppKey("context", WebContext)
