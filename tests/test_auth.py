@@ -8,7 +8,16 @@ import aiohttp
 import jwt
 import pytest
 
-from tests.auth_tokens import SECRET, alg_none_token, claims, good_token, rs256_token
+from tests.auth_tokens import (
+    ISS,
+    NEAR_ISSUERS,
+    SECRET,
+    alg_none_token,
+    claims,
+    good_token,
+    rs256_token,
+    token_with_issuer,
+)
 from tests.payloads import new_key, v2_body
 from tests.support import WorkerProcess, post_json
 
@@ -44,6 +53,12 @@ def _header_for(name: str) -> dict[str, str] | None:
     return {"Authorization": f"Bearer {token}"}
 
 
+def _identity_or_record(route: str) -> dict:
+    if route == "/v2/ingest":
+        return v2_body()
+    return {"given_name": "Ada", "family_name": "Lovelace", "dob": "1815-12-10"}
+
+
 # Signing HS512 with the service's 32-byte key is the point of that case; PyJWT warns about it.
 @pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 @pytest.mark.parametrize("name", sorted(BAD_TOKENS))
@@ -51,20 +66,43 @@ def _header_for(name: str) -> dict[str, str] | None:
 async def test_bad_credentials_are_401(
     strict_worker: WorkerProcess, http: aiohttp.ClientSession, name: str, route: str
 ) -> None:
-    body = (
-        v2_body()
-        if route == "/v2/ingest"
-        else {"given_name": "Ada", "family_name": "Lovelace", "dob": "1815-12-10"}
-    )
     status, resp, _ = await post_json(
         http,
         f"{strict_worker.base_url}{route}",
-        body,
+        _identity_or_record(route),
         key=new_key(),
         token=None,
         headers=_header_for(name),
     )
     assert (status, resp) == (401, {"error": "unauthorized"})
+
+
+@pytest.mark.parametrize("near", sorted(NEAR_ISSUERS))
+@pytest.mark.parametrize("route", ["/v2/ingest", "/tokenize"])
+async def test_issuer_that_is_only_part_of_or_contains_jwt_issuer_is_401(
+    strict_worker: WorkerProcess, http: aiohttp.ClientSession, near: str, route: str
+) -> None:
+    status, resp, _ = await post_json(
+        http,
+        f"{strict_worker.base_url}{route}",
+        _identity_or_record(route),
+        key=new_key(),
+        token=token_with_issuer(NEAR_ISSUERS[near]),
+    )
+    assert (status, resp) == (401, {"error": "unauthorized"})
+
+
+async def test_hand_signed_token_with_the_exact_issuer_is_accepted(
+    strict_worker: WorkerProcess, http: aiohttp.ClientSession
+) -> None:
+    """The control for the near-issuer cases: their tokens fail on ``iss`` alone."""
+    status, resp, _ = await post_json(
+        http,
+        f"{strict_worker.base_url}/tokenize",
+        _identity_or_record("/tokenize"),
+        token=token_with_issuer(ISS),
+    )
+    assert status == 200, resp
 
 
 async def test_good_token_is_accepted(
