@@ -163,6 +163,15 @@ def _details(details: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _dead_lettered(doc: dict[str, Any]) -> str:
+    details = doc["details"]
+    if "dead_lettered" not in details:
+        return "-"
+    outages = [r["down_s"] for r in details.get("rounds", []) if "down_s" in r]
+    down = f" (outages {', '.join(f'{d:g} s' for d in outages)})" if outages else ""
+    return f"{details['dead_lettered']}{down}"
+
+
 def _fault_order(fault: str, title: str) -> tuple[int, str]:
     return (FAULT_ORDER.index(fault) if fault in FAULT_ORDER else len(FAULT_ORDER), title)
 
@@ -185,15 +194,15 @@ def fault_sections(docs: list[dict[str, Any]], outcomes: dict[str, str]) -> list
                 lines += [paragraph, ""]
         lines += [
             "| variant | load | duration | accepted (202) | canonical rows | lost | duplicated "
-            "| 503s | time to recover | settled after load | test |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| dead-lettered | 503s | time to recover | settled after load | test |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for doc in variants:
             outcome = outcomes.get(f"{doc['case']}[{doc['variant']}]", "not run")
             lines.append(
                 f"| {doc['variant']} | {_load(doc)} | {doc['duration_s']:.1f} s "
                 f"| {doc['accepted']} | {doc['canonical_rows']} | {doc['lost']} "
-                f"| {doc['duplicated']} | {doc['statuses'].get('503', 0)} "
+                f"| {doc['duplicated']} | {_dead_lettered(doc)} | {doc['statuses'].get('503', 0)} "
                 f"| {_recovery(doc['recover_s'])} | {_seconds(doc['settle_s'])} | {outcome} |"
             )
         lines.append("")

@@ -1,25 +1,24 @@
-"""Fault: Postgres stopped and restarted under load.
+"""Fault: Postgres down for seconds to minutes under load.
 
 While it is down, ingest answers 503 with ``Retry-After`` and stores nothing; the partner's retry
-with the same key then succeeds. The worker is never restarted: its pool, the relay's listener and
-the normalizer's ledger writes all come back by themselves.
+with the same key then succeeds. The normalizer, which has a backlog when Postgres goes away,
+waits at its gate (no progress is possible without its ledger; offsets stay where they are) and
+carries on by itself. No worker is restarted, nothing is dead-lettered, nobody acts: the pools,
+the relay's listener and the ledger writes all come back by themselves.
 """
 
 from __future__ import annotations
-
-import asyncio
-import time
 
 import asyncpg
 import pytest
 
 from tests.faults.common import FaultRun, Variant, conclude, time_to_recover
-from tests.support import stack_service
+from tests.faults.outages import dead_lettered, outage_with_backlog
 
 VARIANTS = [
-    pytest.param(Variant("default", rate=25, seconds=16, faults=1, outage_s=4), id="default"),
+    pytest.param(Variant("default", rate=25, seconds=18, outages=(5,)), id="default"),
     pytest.param(
-        Variant("long", rate=40, seconds=90, faults=3, outage_s=12),
+        Variant("long", rate=25, seconds=260, outages=(5, 30, 120)),
         id="long",
         marks=pytest.mark.slow,
     ),
@@ -27,32 +26,37 @@ VARIANTS = [
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-async def test_postgres_restarted_under_load_ingest_503s_then_recovers_without_restart(
+async def test_postgres_down_under_load_is_waited_out_without_restart_or_dead_letters(
     fault_run: FaultRun, db: asyncpg.Pool, variant: Variant, restore_services: list[str]
 ) -> None:
-    """Postgres stopped and restarted"""
+    """Postgres down for seconds to minutes"""
     run = fault_run
-    worker = await run.start_worker()
-    pid = worker.proc.pid if worker.proc else None
-    load = run.start_load([worker.base_url])
+    normalizer = await run.start_worker()
+    front = await run.start_worker(KAFKA_TOPICS=run.idle_topic)
+    pids = [w.proc.pid for w in (normalizer, front) if w.proc]
+    load = run.start_load([front.base_url], grace_s=max(variant.outages) + 60)
     await load.wait_accepted(20)
     recover_s: list[float | None] = []
-    outages: list[float] = []
-    for i in range(variant.faults):
+    rounds: list[dict] = []
+    for i, outage_s in enumerate(variant.outages):
         await run.next_fault(load, i)
-        restore_services.append("postgres")
-        stopping_at = time.time()
-        await asyncio.to_thread(stack_service, "postgres", "down")
-        await asyncio.sleep(variant.outage_s)
-        await asyncio.to_thread(stack_service, "postgres", "up")
-        restore_services.remove("postgres")
-        back_at = time.time()
-        outages.append(round(back_at - stopping_at, 2))
-        recover_s.append(await time_to_recover(db, run, load, back_at))
-    inv, summary = await conclude(db, run, load, recover_s=recover_s, down_s=outages)
-    assert worker.proc is not None and worker.proc.poll() is None
-    assert (worker.proc.pid, worker.starts) == (pid, 1), "the worker was never restarted"
+        round_ = await outage_with_backlog(
+            run, load, normalizer, "postgres", outage_s, restore_services
+        )
+        back_at = round_.pop("back_at")
+        recover_s.append(await time_to_recover(db, run, load, back_at, timeout=outage_s + 90))
+        round_["dead_lettered_so_far"] = await dead_lettered(run)
+        rounds.append(round_)
+    dlq = await dead_lettered(run)
+    inv, summary = await conclude(
+        db, run, load, recover_s=recover_s, rounds=rounds, dead_lettered=dlq, redrives=0
+    )
+    assert [w.proc.pid for w in (normalizer, front) if w.proc] == pids
+    assert (normalizer.starts, front.starts) == (1, 1), "no worker was restarted"
+    assert all(w.proc is not None and w.proc.poll() is None for w in (normalizer, front))
     assert int(summary["statuses"].get("503", 0)) > 0, "ingest answers 503 while Postgres is down"
     assert sum(summary["retry_after"].values()) > 0, "and its 503s carry Retry-After"
-    assert None not in recover_s, f"not recovered after every restart: {recover_s}"
+    assert all(r["pauses"] >= 1 for r in rounds), f"the normalizer paused for each: {rounds}"
+    assert dlq == 0, f"{dlq} records dead-lettered because Postgres was down"
+    assert None not in recover_s, f"not recovered after every outage: {recover_s}"
     assert inv.holds, inv.describe()
