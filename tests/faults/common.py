@@ -55,6 +55,12 @@ class Variant:
     seconds: float
     faults: int = 1
     outage_s: float = 4.0
+    # Outage tests: how long each outage lasts, in order (then ``faults`` is their number).
+    outages: tuple[float, ...] = ()
+
+    @property
+    def fault_count(self) -> int:
+        return len(self.outages) or self.faults
 
 
 class FaultRun:
@@ -139,7 +145,7 @@ class FaultRun:
         """Wait for the moment of fault ``i``: the variant's faults spread evenly over the first
         two thirds or more of the load, each one after the previous recovery. The load must still
         be running, so that every fault lands under load."""
-        slot = load.started + (i + 1) * self.variant.seconds / (self.variant.faults + 2)
+        slot = load.started + (i + 1) * self.variant.seconds / (self.variant.fault_count + 2)
         await asyncio.sleep(max(0.0, slot - time.monotonic()))
         assert load.running, f"fault {i + 1} came after the load ended: lengthen the variant"
 
