@@ -59,7 +59,7 @@ def is_laboratory(resource: dict[str, Any]) -> bool:
 
 
 def _patient(bundle_patient: dict[str, Any]) -> dict[str, str | None]:
-    """The SPEC §4 identity of a Patient: official (else first) name, birth date, SSN."""
+    """The tokenizer identity of a Patient: official (else first) name, birth date, SSN."""
     names = bundle_patient.get("name", [])
     name = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
     return {

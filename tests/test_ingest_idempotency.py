@@ -1,4 +1,4 @@
-"""Idempotency-Key semantics on the real services (SPEC §4, §9)."""
+"""Idempotency-Key semantics on the real services (docs/CONTRACT.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Migrations create every table and column of SPEC §7, once, even with concurrent migrators."""
+"""Migrations create every table and column of the contract, once, even with concurrent
+migrators (docs/CONTRACT.md §5)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import asyncpg
 from exchange_stream.infra.config import Settings
 from exchange_stream.infra.migrate import discover, migrate
 
-# SPEC §7, restated here on purpose: the test is the contract's independent check.
-SPEC_TABLES = {
+# The contract's tables, restated here on purpose: the test is the contract's own check.
+CONTRACT_TABLES = {
     "idempotency_keys": {"key", "request_sha256", "response", "created_at"},
     "outbox_events": {"id", "topic", "key", "payload", "created_at", "published_at"},
     "audit_log": {
@@ -148,7 +149,7 @@ async def test_migrate_creates_every_spec_table_and_column(stack, settings: Sett
         conn = await asyncpg.connect(dsn)
         try:
             columns = await _columns(conn)
-            for table, expected in SPEC_TABLES.items():
+            for table, expected in CONTRACT_TABLES.items():
                 assert table in columns, f"missing table {table}"
                 assert expected <= columns[table], f"{table} lacks {expected - columns[table]}"
             states = await conn.fetchval(

@@ -1,4 +1,4 @@
-"""JSON responses and the one error shape of SPEC §4: ``{"error": "<short reason>"}``."""
+"""JSON responses and the one error shape of docs/API.md: ``{"error": "<short reason>"}``."""
 
 from __future__ import annotations
 

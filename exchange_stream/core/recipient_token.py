@@ -1,4 +1,4 @@
-"""Recipient tokens: each recipient's own, reversible, unlinkable token for a patient (SPEC §4).
+"""Recipient tokens: each recipient's own, reversible, unlinkable token for a patient.
 
 A recipient never sees the master patient token (64 lowercase hex, an HMAC-SHA256). It sees
 

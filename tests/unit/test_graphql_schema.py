@@ -1,4 +1,4 @@
-"""The GraphQL contract: the seed's types unchanged, every canonical field of SPEC §6 exposed."""
+"""The GraphQL contract: the seed's types unchanged, every canonical field exposed."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ SEED_FIELDS: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
     ("Encounter", "dischargeTime"): ("String", {}),
 }
 
-# SPEC §4 additions on Query: field -> (type, {argument: type}).
+# Additions on Query: field -> (type, {argument: type}).
 ADDED_QUERIES: dict[str, tuple[str, dict[str, str]]] = {
     "records": (
         "RecordPage!",
@@ -42,7 +42,7 @@ ADDED_QUERIES: dict[str, tuple[str, dict[str, str]]] = {
     "encounters": ("[Encounter!]!", {"patientToken": "ID!", "first": "Int", "after": "String"}),
 }
 
-# SPEC §6: each canonical kind object, the GraphQL type that carries it, and its fields.
+# Each canonical kind object, the GraphQL type that carries it, and its fields.
 CANONICAL_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "encounter": (
         "Encounter",
@@ -72,7 +72,7 @@ CANONICAL_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
 }
 
-# SPEC §6: the shapes inside the kind objects, and the type of each field that holds one.
+# The shapes inside the kind objects, and the type of each field that holds one.
 CANONICAL_SHAPES: dict[str, tuple[str, ...]] = {
     "Code": ("system", "code"),
     "Money": ("amount", "currency"),
@@ -89,7 +89,7 @@ SHAPED_FIELDS: dict[tuple[str, str], str] = {
     ("LabResult", "referenceRange"): "ReferenceRange",
 }
 
-# SPEC §4: the record envelope; §6 meta {normalized_at, schema_hint, mapping_version} is on it.
+# The record envelope; the canonical meta {normalized_at, schema_hint, mapping_version} is on it.
 RECORD_FIELDS: dict[str, str] = {
     "recordId": "ID!",
     "patientToken": "ID!",

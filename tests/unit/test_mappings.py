@@ -1,4 +1,4 @@
-"""Partner mappings as pure functions: every format and kind, table-driven (SPEC §6)."""
+"""Partner mappings as pure functions: every format and kind, table-driven (docs/CONTRACT.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Real Synthea FHIR R4 resources through the partnerB.v1 mapping: all map, none leaks (SPEC §6)."""
+"""Real Synthea FHIR R4 resources through the partnerB.v1 mapping: all map, none leaks."""
 
 from __future__ import annotations
 

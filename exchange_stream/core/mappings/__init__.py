@@ -1,4 +1,5 @@
-"""Partner mappings: pure functions from a partner payload to the canonical object of SPEC §6.
+"""Partner mappings: pure functions from a partner payload to the canonical object of
+docs/CONTRACT.md §4.
 
 One module per schema hint; adding a partner format is adding a module and a line in
 ``_MAPPERS``. The result is only the kind object; the normalizer adds patient_token,

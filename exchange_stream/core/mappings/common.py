@@ -2,7 +2,8 @@
 
 Every converter takes the raw value and the dotted ``field`` path it came from, and either returns
 a canonical value or raises :class:`MappingError`. Absent, ``None`` and ``""`` all count as
-missing. Nothing here reads a ``display``, ``text`` or any key outside SPEC §6.
+missing. Nothing here reads a ``display``, ``text`` or any key outside the
+canonical shapes (docs/CONTRACT.md §4).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class MappingError(ValueError):
         self.reason = reason
 
 
-# The allow-list: a canonical object has exactly these keys, in this order (SPEC §6).
+# The allow-list: a canonical object has exactly these keys, in this order (docs/CONTRACT.md §4).
 KIND_FIELDS: dict[str, tuple[str, ...]] = {
     "encounter": (
         "encounter_id",
@@ -70,7 +71,7 @@ KIND_FIELDS: dict[str, tuple[str, ...]] = {
 
 
 def canonical(kind: str, **fields: Any) -> dict[str, Any]:
-    """Build the canonical object of ``kind``; any key not named in SPEC §6 is a bug."""
+    """Build the canonical object of ``kind``; any key not named in the contract is a bug."""
     keys = KIND_FIELDS[kind]
     if len(fields) != len(keys):
         raise TypeError(f"{kind} takes exactly the fields {keys}")

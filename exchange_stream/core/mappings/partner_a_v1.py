@@ -1,4 +1,4 @@
-"""partnerA.v1: flat snake_case payloads (SPEC §6); v1 ingest events use this mapping too.
+"""partnerA.v1: flat snake_case payloads (docs/CONTRACT.md §4); v1 events use this mapping too.
 
 Every field the format lists is required except ``discharge_ts``, ``dx_codes``, ``cpt_codes``,
 ``unit`` and the reference range ends. ``value`` is a number (with ``unit``) or a qualitative

@@ -1,4 +1,4 @@
-"""partnerA.v2: nested camelCase payloads, one wrapper object per kind (SPEC §6).
+"""partnerA.v2: nested camelCase payloads, one wrapper object per kind (docs/CONTRACT.md §4).
 
 Required: the wrapper, its ids, ``period.start``, ``class``, ``serviceDate``, ``total`` with
 ``currency``, ``test``, ``value``, ``collectedAt`` and ``status``. Optional: ``period.end``,
@@ -101,7 +101,7 @@ def lab_result(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _value(value: object) -> Any:
-    """``{quantity, unit}`` as documented; a coded or token result is accepted in its SPEC shape."""
+    """``{quantity, unit}`` as documented; a coded or token result in its canonical shape."""
     if is_missing(value):
         raise MappingError("result.value", MISSING)
     if isinstance(value, str):

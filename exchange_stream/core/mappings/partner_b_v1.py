@@ -1,4 +1,4 @@
-"""partnerB.v1: one HL7 FHIR R4 resource as EHRs send it (SPEC §6).
+"""partnerB.v1: one HL7 FHIR R4 resource as EHRs send it (docs/CONTRACT.md §4).
 
 Encounter → encounter, Claim → claim, laboratory Observation → lab_result. Only ``system`` and
 ``code`` are read from codings; ``display`` and ``text`` are never read, since Synthea's repeat
