@@ -26,9 +26,7 @@ _MAPPERS: dict[str, dict[str, Mapper]] = {
     "partnerB.v1": partner_b_v1.MAPPERS,
 }
 
-SCHEMA_HINTS = tuple(_MAPPERS)
-
-__all__ = ["KIND_FIELDS", "MAPPING_VERSION", "SCHEMA_HINTS", "MappingError", "map_payload"]
+__all__ = ["KIND_FIELDS", "MAPPING_VERSION", "MappingError", "map_payload"]
 
 
 def map_payload(record_kind: str, schema_hint: str, payload: object) -> dict[str, Any]:
