@@ -55,6 +55,39 @@ def test_each_invalid_field_is_refused_naming_it(version, field, reason, mutate)
     assert caught.value.reason == f"{reason} field: {field}"
 
 
+# What partners already send is accepted; refused is only what would make `<source>/<id>.json`
+# unsafe or ambiguous as an object key.
+ACCEPTED_SOURCES = ["Hospital A", "clinique-été", "a.b", "x" * 255, "\u20ac" * 85]
+REFUSED_SOURCES = {
+    "empty": "",
+    "slash": "a/b",
+    "dot": ".",
+    "dot dot": "..",
+    "tab": "tab\there",
+    "delete": "del\x7f",
+    "C1 control": "nel\x85",
+    "256 ASCII characters": "x" * 256,
+    "86 characters, 258 bytes": "\u20ac" * 86,
+}
+
+
+@pytest.mark.parametrize("fmt", formats.FORMATS, ids=lambda f: f.label)
+@pytest.mark.parametrize("source", ACCEPTED_SOURCES, ids=lambda s: s[:12])
+def test_any_source_a_partner_sends_is_accepted(fmt: formats.IngestFormat, source: str) -> None:
+    body = v1_body(source=source) if fmt is formats.V1 else v2_body(source=source)
+    assert parse_request(fmt, orjson.dumps(body)).source == source
+
+
+@pytest.mark.parametrize("fmt", formats.FORMATS, ids=lambda f: f.label)
+@pytest.mark.parametrize("name", sorted(REFUSED_SOURCES))
+def test_a_source_unsafe_as_a_key_segment_is_refused(fmt: formats.IngestFormat, name: str) -> None:
+    body = v1_body() if fmt is formats.V1 else v2_body()
+    body["source"] = REFUSED_SOURCES[name]
+    with pytest.raises(BadRequest) as caught:
+        parse_request(fmt, orjson.dumps(body))
+    assert caught.value.reason == "invalid field: source"
+
+
 @pytest.mark.parametrize(
     ("data", "error"),
     [
