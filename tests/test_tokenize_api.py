@@ -40,6 +40,15 @@ async def test_token_matches_the_documented_hmac(
     assert body == {"patient_token": expected("mary ann", "o'neil", "1990-01-31", "123456789")}
 
 
+@pytest.mark.parametrize("dob", ["0000-01-01", "0000-02-29"])
+async def test_year_0000_is_a_real_year(worker: WorkerProcess, http: aiohttp.ClientSession, dob):
+    # The deployed tokenizer accepts it (proleptic Gregorian; year 0 is leap), so must we.
+    status, body, _ = await _tokenize(
+        http, worker, {"given_name": "Ada", "family_name": "Lovelace", "dob": dob}
+    )
+    assert (status, body) == (200, {"patient_token": expected("ada", "lovelace", dob)})
+
+
 @pytest.mark.parametrize("ssn", [{}, {"ssn": None}, {"ssn": ""}])
 async def test_ssn_absent_null_and_empty_agree(worker, http, ssn) -> None:
     status, body, _ = await _tokenize(

@@ -1,13 +1,12 @@
 """Patient tokenization: canonicalise identity, then keyed HMAC-SHA256 (SPEC §4).
 
 Tokens must stay byte-identical with the deployed tokenizer, whose rules differ from Python's
-string methods in three places, each handled explicitly below: the whitespace set, simple
-(context-free) lower-casing, and ASCII-only digits.
+standard library in four places, each handled explicitly below: the whitespace set, simple
+(context-free) lower-casing, ASCII-only digits, and dates of year 0000.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
 import re
@@ -23,6 +22,9 @@ WHITE_SPACE = (
 _WS_RUN = re.compile(f"[{re.escape(WHITE_SPACE)}]+")
 _DOB = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _NOT_ASCII_DIGIT = re.compile(r"[^0-9]")
+
+# Days of each month in a common year; February has 29 in a leap year.
+_DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 # str.lower() applies full case mapping (U+0130 -> "i\u0307") and the Final_Sigma context rule
 # (Σ -> ς at a word end). Mapping these two first leaves only simple, per-code-point mappings,
@@ -74,17 +76,28 @@ def canonical_name(value: object, field: str) -> str:
     return name
 
 
+def is_leap_year(year: int) -> bool:
+    """Proleptic Gregorian rule: divisible by 4, and not by 100 unless by 400 (so year 0 is)."""
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def is_real_date(year: int, month: int, day: int) -> bool:
+    """Whether the day exists in the proleptic Gregorian calendar, year 0 included."""
+    if not 1 <= month <= 12:
+        return False
+    last = 29 if month == 2 and is_leap_year(year) else _DAYS_IN_MONTH[month - 1]
+    return 1 <= day <= last
+
+
 def canonical_dob(value: object, field: str = "dob") -> str:
-    """Exactly ``YYYY-MM-DD`` (ASCII digits) naming a real calendar date."""
+    """Exactly ``YYYY-MM-DD`` (ASCII digits) naming a real calendar date, ``0000`` included."""
     if not isinstance(value, str):
         raise IdentityError(field, "missing" if value is None else "invalid")
     dob = collapse_whitespace(value)
-    if not _DOB.fullmatch(dob):
+    # datetime.date starts at year 1, but the deployed tokenizer accepts 0000-01-01: the
+    # calendar is checked here rather than by constructing a date.
+    if not _DOB.fullmatch(dob) or not is_real_date(int(dob[0:4]), int(dob[5:7]), int(dob[8:10])):
         raise IdentityError(field)
-    try:
-        dt.date(int(dob[0:4]), int(dob[5:7]), int(dob[8:10]))
-    except ValueError:
-        raise IdentityError(field) from None
     return dob
 
 

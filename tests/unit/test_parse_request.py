@@ -115,6 +115,13 @@ def test_a_valid_body_is_parsed_with_its_kind_hint_and_hash(fmt: formats.IngestF
     assert len(req.sha256) == 64
 
 
+@pytest.mark.parametrize("fmt", formats.FORMATS, ids=lambda f: f.label)
+def test_a_dob_in_year_0000_is_accepted(fmt: formats.IngestFormat) -> None:
+    body = v1_body() if fmt is formats.V1 else v2_body()
+    body["patient"]["dob"] = "0000-01-01"
+    assert parse_request(fmt, orjson.dumps(body)).body == orjson.dumps(body)
+
+
 def test_errors_never_echo_patient_values() -> None:
     body = v1_body()
     body["patient"]["dob"] = "Sentinel-Dob-Zq9"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import sys
@@ -11,6 +12,7 @@ import pytest
 from exchange_stream.core.identity import (
     IdentityError,
     Tokenizer,
+    canonical_dob,
     canonical_identity,
     collapse_whitespace,
     simple_lower,
@@ -18,6 +20,8 @@ from exchange_stream.core.identity import (
 
 SECRET = "test-secret"
 tok = Tokenizer(SECRET)
+# HMAC-SHA256 under SECRET of "given_name=ada|family_name=lovelace|dob=0000-01-01|ssn=".
+PINNED_0000_01_01 = "fe7309cc7f6e7465e9f8f94f4bcfe0d60c95a39b4e4ff62ceab59f50de04c086"
 
 
 def independent_token(g: str, f: str, d: str, s: str) -> str:
@@ -83,7 +87,13 @@ def test_different_secret_gives_a_different_token() -> None:
     [
         "1815-02-30",
         "1815-13-01",
-        "0000-01-01",
+        "0001-02-29",
+        "1900-02-29",
+        "2023-02-29",
+        "0000-02-30",
+        "0000-00-01",
+        "0000-01-00",
+        "0000-13-01",
         "18151210",
         "1815-W50-1",
         "1815-12-10T00:00:00",
@@ -98,6 +108,44 @@ def test_impossible_or_malformed_dob_is_rejected(dob: str) -> None:
         canonical_identity("Ada", "Lovelace", dob)
     assert exc.value.field == "dob"
     assert dob not in str(exc.value) or dob == ""
+
+
+@pytest.mark.parametrize(
+    "dob", ["0000-01-01", "0000-02-29", "0000-12-31", "0400-02-29", "2000-02-29", "9999-12-31"]
+)
+def test_real_dates_of_the_proleptic_gregorian_calendar_are_accepted(dob: str) -> None:
+    # Year 0000 is leap (divisible by 400), as the deployed tokenizer has it.
+    assert canonical_dob(dob) == dob
+
+
+def test_dob_of_year_0000_has_the_deployed_tokenizers_token() -> None:
+    expected = hmac.new(
+        SECRET.encode(),
+        b"given_name=ada|family_name=lovelace|dob=0000-01-01|ssn=",
+        hashlib.sha256,
+    ).hexdigest()
+    assert tok.token("Ada", "Lovelace", "0000-01-01") == expected
+    # Pinned: partners hold tokens, so this value may never change for this secret.
+    assert expected == PINNED_0000_01_01
+
+
+@pytest.mark.parametrize("year", [0, 1, 4, 100, 200, 300, 400, 1900, 2000, 2023, 2024, 2100, 9999])
+def test_the_calendar_agrees_with_datetime_wherever_datetime_has_the_year(year: int) -> None:
+    # The Gregorian calendar repeats every 400 years: year 0 has the month lengths of year 2000.
+    reference_year = year or 2000
+    for month in range(14):
+        for day in range(33):
+            dob = f"{year:04d}-{month:02d}-{day:02d}"
+            try:
+                dt.date(reference_year, month, day)
+                real = True
+            except ValueError:
+                real = False
+            if real:
+                assert canonical_dob(dob) == dob
+            else:
+                with pytest.raises(IdentityError):
+                    canonical_dob(dob)
 
 
 def test_control_separators_are_not_whitespace() -> None:
