@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -419,3 +420,98 @@ async def s3_gateway_with_credentials(access_key: str, secret_key: str) -> Async
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+async def wait_for_state(
+    probe: Callable[[], Awaitable[bool]],
+    *,
+    what: str,
+    explain: Callable[[], Awaitable[str]],
+    timeout: float = 180.0,
+    interval: float = 0.2,
+) -> None:
+    """``eventually``, failing with ``what`` and the state ``explain()`` describes: a wait that
+    times out on a slow machine says where the work stood, not only that it was late."""
+    try:
+        await eventually(probe, timeout=timeout, interval=interval)
+    except TimeoutError:
+        try:
+            state = await explain()
+        except Exception as exc:  # the diagnostics must not hide the timeout itself
+            state = f"(could not describe the state: {exc!r})"
+        raise AssertionError(f"{what}: not within {timeout} s\n{state}") from None
+
+
+def isolated_env(label: str) -> dict[str, str]:
+    """Topics and a consumer group no other worker of the session uses (``APP_ID`` included)."""
+    run = uuid.uuid4().hex[:8]
+    prefix = f"{label}.{run}"
+    return {
+        "TOPIC_RECORD_INGESTED_V1": f"{prefix}.v1",
+        "TOPIC_RECORD_INGESTED_V2": f"{prefix}.v2",
+        "KAFKA_DLQ_TOPIC_V1": f"{prefix}.v1.dlq",
+        "KAFKA_DLQ_TOPIC_V2": f"{prefix}.v2.dlq",
+        "TOPIC_CONTROL": f"{prefix}.control",
+        "APP_ID": f"{label}-{run}",
+    }
+
+
+@contextlib.asynccontextmanager
+async def isolated_worker(
+    workdir: Path, label: str, db, env: Mapping[str, str] | None = None
+) -> AsyncIterator[WorkerProcess]:
+    """A healthy worker on topics and in a consumer group of its own (``isolated_env``): only it
+    can process the events of its ingest, so its ledger rows and /metrics are its own work. Its
+    topics are deleted on exit unless outbox rows still wait for them (every relay would be
+    stuck on those rows otherwise)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    from exchange_stream.infra.config import Settings
+    from exchange_stream.infra.topics import ensure_topics
+
+    isolated = {**isolated_env(label), **(env or {})}
+    settings = Settings.from_env({**os.environ, **isolated, "ENV": "local"})
+    await ensure_topics(settings)
+    try:
+        async with running_worker(workdir, isolated) as proc:
+            yield proc
+    finally:
+        topics = settings.all_topics()
+        pending = await db.fetchval(
+            "SELECT count(*) FROM outbox_events WHERE published_at IS NULL AND topic = ANY($1)",
+            topics,
+        )
+        if not pending:
+            admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_list)
+            try:
+                await admin.start()
+                await admin.delete_topics(topics)
+            except KafkaError:
+                pass  # best effort: partitions piling up only slow the broker's restarts
+            finally:
+                await admin.close()
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(http: aiohttp.ClientSession, worker: WorkerProcess) -> Samples:
+    """Every sample of ``worker``'s /metrics, parsed as Prometheus text: (name, labels) → value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with http.get(f"{worker.base_url}/metrics") as r:
+        assert r.status == 200, r.status
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = await r.text()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    """One series' value; 0 for a labelled series not yet created (a counter not yet incremented
+    has no sample)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
