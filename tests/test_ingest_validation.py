@@ -43,6 +43,19 @@ async def test_an_invalid_field_is_400_naming_it_and_stores_nothing(
     assert await _nothing_stored(db, key)
 
 
+@pytest.mark.parametrize(("version", "field"), [("1", "first_name"), ("2", "given_name")])
+async def test_a_field_name_in_other_letter_case_is_400_missing_field(
+    worker: WorkerProcess, http: aiohttp.ClientSession, db: asyncpg.Pool, version, field
+) -> None:
+    # Field names are exact (docs/API.md): the body is read again later by exact-key readers.
+    body = v1_body() if version == "1" else v2_body()
+    body["patient"][field.upper()] = body["patient"].pop(field)
+    key = new_key()
+    status, resp, _ = await post_json(http, f"{worker.base_url}/v{version}/ingest", body, key=key)
+    assert (status, resp) == (400, {"error": f"missing field: patient.{field}"})
+    assert await _nothing_stored(db, key)
+
+
 async def test_bad_json_is_400_and_stores_nothing(
     worker: WorkerProcess, http: aiohttp.ClientSession, db: asyncpg.Pool
 ) -> None:

@@ -75,3 +75,15 @@ async def test_ssn_absent_null_and_empty_agree(worker, http, ssn) -> None:
 async def test_bad_identities_are_400(worker, http, body, error) -> None:
     status, resp, _ = await _tokenize(http, worker, body)
     assert (status, resp) == (400, {"error": error})
+
+
+@pytest.mark.parametrize(
+    ("exact_too", "error"), [(False, "missing field: given_name"), (True, "unknown field")]
+)
+async def test_a_field_name_in_other_letter_case_is_400(worker, http, exact_too, error) -> None:
+    # Field names are exact (docs/API.md), whether or not the exact spelling is there too.
+    body = {"GIVEN_NAME": "Ada", "family_name": "Lovelace", "dob": "1815-12-10"}
+    if exact_too:
+        body["given_name"] = "Ada"
+    status, resp, _ = await _tokenize(http, worker, body)
+    assert (status, resp) == (400, {"error": error})
