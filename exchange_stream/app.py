@@ -20,6 +20,7 @@ from exchange_stream.pipeline import agents
 from exchange_stream.pipeline.gate import DependencyGate
 from exchange_stream.pipeline.normalize import Normalizer
 from exchange_stream.pipeline.outbox import OutboxRelay
+from exchange_stream.read.tokens import RecipientTokenService
 from web import routes
 from web.context import WebContext
 
@@ -29,11 +30,12 @@ class ExchangeApp(faust.App):
 
     runtime: Runtime
     relay: OutboxRelay
+    tokens: RecipientTokenService
     web_context: WebContext
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
         # The runtime first: every other part borrows its pool, S3 client and producer.
-        return [self.runtime, self.relay, *super().on_init_dependencies()]
+        return [self.runtime, self.relay, self.tokens, *super().on_init_dependencies()]
 
     def on_webserver_init(self, web: Any) -> None:
         routes.install(web.web_app, self.web_context)
@@ -64,11 +66,19 @@ def create_app(settings: Settings) -> ExchangeApp:
     gate = DependencyGate(runtime.probe)
     app.runtime = runtime
     app.relay = OutboxRelay(settings, runtime, beacon=app.beacon)
+    app.tokens = RecipientTokenService(
+        lambda: runtime.pool,
+        settings.recipient_token_secret,
+        ttl_s=settings.recipient_cache_ttl_s,
+        register_local_dev=settings.is_local,
+        beacon=app.beacon,
+    )
     app.web_context = WebContext(
         settings=settings,
         tokenizer=Tokenizer(settings.tokenizer_hmac_secret),
         gate=gate,
         resources=runtime,
+        tokens=app.tokens,
     )
     agents.register(app, Normalizer(settings, runtime, gate))
     control.register(app, runtime)

@@ -1,4 +1,5 @@
-"""What the views are given: settings, the tokenizer, the normalizer's gate and the resources."""
+"""What the views are given: settings, the tokenizer, the normalizer's gate, recipients' tokens
+and the resources."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from exchange_stream.infra.config import Settings
 from exchange_stream.infra.runtime import Runtime
 from exchange_stream.infra.storage import RawStore
 from exchange_stream.pipeline.gate import DependencyGate
+from exchange_stream.read.tokens import RecipientTokenService
 
 # aiohttp refuses larger bodies with 413 before a view reads them.
 MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -25,6 +27,7 @@ class WebContext:
     tokenizer: Tokenizer
     gate: DependencyGate
     resources: Runtime
+    tokens: RecipientTokenService
 
     @property
     def pool(self) -> asyncpg.Pool:

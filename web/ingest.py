@@ -70,7 +70,7 @@ async def _ingest(request: web.Request, fmt: IngestFormat) -> web.Response:
     ctx = request.app[CONTEXT]
     settings = ctx.settings
     try:
-        actor = authenticate(request.headers.get("Authorization"), settings)
+        actor = authenticate(request.headers.get("Authorization"), settings).actor
     except Unauthorized:
         return error(401, "unauthorized")
     key = request.headers.get("Idempotency-Key")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 import time
 import uuid
@@ -51,7 +52,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """One sub-command per operation, at its ``cli`` words (``dlq redrive``, ``jobs run NAME``),
     and ``jobs list``."""
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): sub}
-    helps = {("dlq",): "dead-letter queues", ("jobs",): "derived datasets and checks"}
+    helps = {
+        ("dlq",): "dead-letter queues",
+        ("jobs",): "derived datasets and checks",
+        ("recipients",): "recipients of canonical data and their token keys",
+    }
     helps[("jobs", "run")] = "run a job (on a worker, or --local)"
     for op in OPERATIONS.values():
         parent = ()
@@ -88,6 +93,13 @@ def _add_params(p: argparse.ArgumentParser, op: Operation) -> None:
             kwargs.update(type=float, metavar="X")
         else:
             kwargs.update(metavar=name.upper())
+        if "x-positional" in spec:
+            # An argument the command is about (``recipients add ID``): given by position.
+            kwargs.pop("dest")
+            kwargs.pop("default")
+            kwargs["metavar"] = spec["x-positional"]
+            p.add_argument(name, **kwargs)
+            continue
         if name in required:
             kwargs["required"] = True
         p.add_argument(flag, **kwargs)
@@ -190,7 +202,7 @@ def exit_code(final: dict[str, Any]) -> int:
 async def _run_local(
     settings: Settings, op: Operation, params: dict[str, Any], line: ProgressLine
 ) -> dict[str, Any]:
-    async with local_context(settings) as ctx:
+    async with local_context(settings, actor=f"cli:{getpass.getuser()}") as ctx:
 
         async def on_progress(progress: dict[str, Any]) -> None:
             line.update(progress)
@@ -239,7 +251,7 @@ async def _submit_and_follow(
                 "command_id": command_id,
                 "command": command,
                 "params": params,
-                "requested_by": "cli",
+                "requested_by": f"cli:{getpass.getuser()}",
             }
             await producer.send_and_wait(
                 settings.topic_control, orjson.dumps(message), key=command_id.encode()

@@ -74,6 +74,7 @@ class Settings:
     normalizer_concurrency: int = 4
     pg_pool_size: int = 20
     kafka_session_timeout_s: int = 10
+    recipient_cache_ttl_s: float = 5.0
     control_heartbeat_s: float = 10.0
     control_takeover_after_s: float = 60.0
     web_bind: str = "127.0.0.1"
@@ -190,6 +191,7 @@ class Settings:
             normalizer_concurrency=get_int("NORMALIZER_CONCURRENCY", 4, 1),
             pg_pool_size=get_int("PG_POOL_SIZE", 20, 2),
             kafka_session_timeout_s=get_int("KAFKA_SESSION_TIMEOUT_S", 10, 6),
+            recipient_cache_ttl_s=get_float("RECIPIENT_CACHE_TTL_S", 5.0, 0.0),
             control_heartbeat_s=get_float("CONTROL_HEARTBEAT_S", 10.0, 0.1),
             control_takeover_after_s=get_float("CONTROL_TAKEOVER_AFTER_S", 60.0, 1.0),
             web_bind=get("WEB_BIND", "127.0.0.1"),

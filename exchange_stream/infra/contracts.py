@@ -87,9 +87,11 @@ def _violation(exc: fastjsonschema.JsonSchemaValueException) -> ContractViolatio
         allowed = set(definition.get("properties", {}))
         extra = sorted(k for k in value if k not in allowed)
         return ContractViolation(".".join([*path, extra[0]]), "unknown")
-    return ContractViolation(
-        ".".join(path) or "body", "invalid", _wants(exc.rule, exc.rule_definition)
-    )
+    wants = _wants(exc.rule, exc.rule_definition)
+    if exc.rule == "pattern" and isinstance(definition.get("x-hint"), str):
+        # A contract may say in words what its pattern asks for.
+        wants = definition["x-hint"]
+    return ContractViolation(".".join(path) or "body", "invalid", wants)
 
 
 def _wants(rule: str | None, definition: Any) -> str | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import uuid
@@ -65,6 +66,7 @@ class Command:
     command: str
     operation: Operation
     params: dict[str, Any]
+    requested_by: str | None = None
 
 
 def parse_command(value: bytes | None) -> Command:
@@ -87,7 +89,7 @@ def parse_command(value: bytes | None) -> Command:
         prefix = "params.params." if doc["command"] == RUN_JOB else "params."
         reason = f"{v.reason} field: {prefix}{v.field}" if v else str(exc)
         raise CommandInvalid(reason, command_id, name) from None
-    return Command(doc["command_id"], doc["command"], operation, params)
+    return Command(doc["command_id"], doc["command"], operation, params, doc.get("requested_by"))
 
 
 def result_message(
@@ -153,8 +155,13 @@ class ControlPlane:
             )
 
         recorder = RunRecorder(self.ctx.pool, run_id, execution, on_progress)
+        ctx = dataclasses.replace(
+            self.ctx,
+            actor=f"control:{cmd.requested_by or 'unknown'}",
+            correlation_id=cmd.command_id,
+        )
         try:
-            outcome = await self._run_with_heartbeat(cmd, recorder)
+            outcome = await self._run_with_heartbeat(ctx, cmd, recorder)
         except Fenced:
             log.warning("command taken over by another runner; stopped", extra={"fields": fields})
             return None
@@ -210,8 +217,10 @@ class ControlPlane:
             # Still heartbeating: another runner has it. Wait for its end, or for its silence.
             await asyncio.sleep(self.heartbeat_s)
 
-    async def _run_with_heartbeat(self, cmd: Command, recorder: RunRecorder) -> Any:
-        work = asyncio.create_task(run_recorded(self.ctx, cmd.operation, cmd.params, recorder))
+    async def _run_with_heartbeat(
+        self, ctx: OpsContext, cmd: Command, recorder: RunRecorder
+    ) -> Any:
+        work = asyncio.create_task(run_recorded(ctx, cmd.operation, cmd.params, recorder))
         beat = asyncio.create_task(self._heartbeat(recorder, work))
         try:
             return await work

@@ -105,16 +105,19 @@ class OpsContext:
     pool: asyncpg.Pool
     store: RawStore
     publisher: Publisher
+    # Who asked, for audit rows: the command's sender, or the local user of the CLI.
+    actor: str = "operator"
+    correlation_id: str | None = None
 
 
 @contextlib.asynccontextmanager
-async def local_context(settings: Settings) -> AsyncIterator[OpsContext]:
+async def local_context(settings: Settings, actor: str = "cli") -> AsyncIterator[OpsContext]:
     """Resources for running an operation in this process (CLI ``--local``, tests)."""
     pool = await create_pool(settings, max_size=8)
     publisher = Publisher(settings, client_id=f"{settings.app_id}-ops")
     try:
         async with open_store(settings) as store:
-            yield OpsContext(settings, pool, store, publisher)
+            yield OpsContext(settings, pool, store, publisher, actor=actor)
     finally:
         await publisher.stop()
         await pool.close()

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from exchange_stream.ops import data_quality, patient_index, reconcile, redrive, replay
+from exchange_stream.ops import (
+    data_quality,
+    patient_index,
+    recipients,
+    reconcile,
+    redrive,
+    replay,
+)
 from exchange_stream.ops.framework import Operation, ParamsInvalid
 
 OPERATIONS: dict[str, Operation] = {
@@ -15,6 +22,7 @@ OPERATIONS: dict[str, Operation] = {
         redrive.OPERATION,
         patient_index.OPERATION,
         data_quality.OPERATION,
+        *recipients.OPERATIONS,
     )
 }
 JOBS: dict[str, Operation] = {name: op for name, op in OPERATIONS.items() if op.job}

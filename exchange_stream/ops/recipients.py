@@ -1,0 +1,128 @@
+"""Recipients and their key versions: add, list, rotate a key, retire a key, revoke.
+
+Every change is one transaction that also writes its ``audit_log`` row. Keys are derived from
+``RECIPIENT_TOKEN_SECRET`` per (recipient, version) (``core/recipient_token.py`` says why), so a
+rotation stores no key: it adds the next version, which new tokens use while older active
+versions keep resolving until they are retired. Workers see a change within their recipient
+cache's lifetime (``RECIPIENT_CACHE_TTL_S``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exchange_stream.infra.sql import q
+from exchange_stream.ops.framework import Operation, OperationFailed, OpsContext, ProgressFn
+
+
+async def add(ctx: OpsContext, params: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
+    recipient = params["recipient"]
+    created = await ctx.pool.fetchval(q("recipients_add"), recipient, ctx.actor, ctx.correlation_id)
+    if created is None:
+        raise OperationFailed("recipient already registered", {"recipient": recipient})
+    return {"recipient": recipient, "status": "active", "version": 1}
+
+
+async def list_all(ctx: OpsContext, params: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
+    rows = await ctx.pool.fetch(q("recipients_list"))
+    recipients = []
+    for r in rows:
+        active = [k["version"] for k in r["keys"] if k["status"] == "active"]
+        recipients.append(
+            {
+                "recipient": r["recipient_id"],
+                "status": r["status"],
+                "current_version": max(active) if active and r["status"] == "active" else None,
+                "resolvable_versions": active if r["status"] == "active" else [],
+                "keys": r["keys"],
+                "created_at": r["created_at"].isoformat(),
+                "revoked_at": r["revoked_at"].isoformat() if r["revoked_at"] else None,
+            }
+        )
+    return {"count": len(recipients), "recipients": recipients}
+
+
+async def rotate_key(
+    ctx: OpsContext, params: dict[str, Any], progress: ProgressFn
+) -> dict[str, Any]:
+    recipient = params["recipient"]
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        await _active(conn, recipient)
+        version = await conn.fetchval(
+            q("recipients_rotate_key"), recipient, ctx.actor, ctx.correlation_id
+        )
+        versions = await conn.fetch(q("recipients_key_versions"), recipient)
+    return {
+        "recipient": recipient,
+        "current_version": version,
+        "resolvable_versions": [v["version"] for v in versions if v["status"] == "active"],
+    }
+
+
+async def retire_key(
+    ctx: OpsContext, params: dict[str, Any], progress: ProgressFn
+) -> dict[str, Any]:
+    recipient, version = params["recipient"], params["version"]
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        await _active(conn, recipient)
+        keys = {
+            r["version"]: r["status"]
+            for r in await conn.fetch(q("recipients_key_versions"), recipient)
+        }
+        if keys.get(version) != "active":
+            raise OperationFailed(
+                "no such active key version", {"recipient": recipient, "version": version}
+            )
+        if version == max(v for v, s in keys.items() if s == "active"):
+            # New tokens are issued under the newest version: retiring it would leave none.
+            raise OperationFailed(
+                "the newest key version cannot be retired: rotate first",
+                {"recipient": recipient, "version": version},
+            )
+        await conn.fetchval(
+            q("recipients_retire_key"), recipient, version, ctx.actor, ctx.correlation_id
+        )
+    keys[version] = "retired"
+    return {
+        "recipient": recipient,
+        "retired_version": version,
+        "resolvable_versions": sorted(v for v, s in keys.items() if s == "active"),
+    }
+
+
+async def revoke(ctx: OpsContext, params: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
+    recipient = params["recipient"]
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        await _active(conn, recipient)
+        await conn.fetchval(q("recipients_revoke"), recipient, ctx.actor, ctx.correlation_id)
+    return {"recipient": recipient, "status": "revoked"}
+
+
+async def _active(conn: Any, recipient: str) -> None:
+    """Lock the recipient row for the change; refuse an unknown or revoked recipient."""
+    status = await conn.fetchval(q("recipients_lock"), recipient)
+    if status is None:
+        raise OperationFailed("no such recipient", {"recipient": recipient})
+    if status != "active":
+        raise OperationFailed("recipient is revoked", {"recipient": recipient})
+
+
+OPERATIONS = (
+    Operation("recipients_add", ("recipients", "add"), "register a recipient", add),
+    Operation(
+        "recipients_list", ("recipients", "list"), "recipients and their key versions", list_all
+    ),
+    Operation(
+        "recipients_rotate_key",
+        ("recipients", "rotate-key"),
+        "add a recipient's next key version",
+        rotate_key,
+    ),
+    Operation(
+        "recipients_retire_key",
+        ("recipients", "retire-key"),
+        "retire one key version of a recipient",
+        retire_key,
+    ),
+    Operation("recipients_revoke", ("recipients", "revoke"), "revoke a recipient", revoke),
+)

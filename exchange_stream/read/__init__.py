@@ -1,0 +1,1 @@
+"""The read side: recipients' own tokens, and the GraphQL API over canonical records."""
