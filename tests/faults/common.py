@@ -597,3 +597,40 @@ async def s3_record_ids(settings: Settings, source: str) -> set[str]:
             for obj in page.get("Contents", []):
                 ids.add(obj["Key"].removeprefix(f"{source}/").removesuffix(".json"))
     return ids
+
+
+async def describe_group(settings: Settings, group: str, topics: Collection[str]) -> str:
+    """The consumer group as a waiting test sees it: each member's partitions of ``topics``, and
+    per partition the group's committed offset against the end of the log (what is unread)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    members = [
+        sorted(tp for tp in m if tp[0] in topics) for m in await group_assignments(settings, group)
+    ]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_list)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        described = await admin.describe_topics(sorted(topics))
+    finally:
+        await admin.close()
+    tps = [
+        TopicPartition(d["topic"], p["partition"])
+        for d in described
+        for p in sorted(d["partitions"], key=lambda p: p["partition"])
+    ]
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker_list, group_id=None)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(tps) if tps else {}
+    finally:
+        await consumer.stop()
+    lines = [f"group {group}: {len(members)} member(s)"]
+    lines += [f"  member {i}: {m}" for i, m in enumerate(members)]
+    for tp in tps:
+        meta = committed.get(tp)
+        lines.append(
+            f"  {tp.topic}[{tp.partition}] committed {meta.offset if meta else None}"
+            f" end {ends.get(tp)}"
+        )
+    return "\n".join(lines)
