@@ -9,7 +9,8 @@ sentinel is searched for, case-insensitively, in: both workers' log files, every
 DLQ topics and both ingested-event topics since the test began (less the raw events this test
 injects), every row of every table in the database (ledger, audit, job runs, idempotency keys,
 outbox, canonical rows, manifest, derived index...), both workers' /metrics, every HTTP body
-received, and the local stack's own logs (Postgres, Kafka, S3). Zero hits is the pass.
+received, and the logs of the stack the run uses (Postgres, Kafka, S3 under ``STACK_DIR``), each of
+which must have lines to scan. Zero hits is the pass.
 
 Sentinels: given and family names ``Zq<tag>given`` / ``Zq<tag>family``, an 11-digit SSN (searched
 as digits and as sent, with dashes), and free text ``Zq<tag>note`` in payload fields that are not
@@ -49,18 +50,19 @@ from tests.auth_tokens import good_token
 from tests.conftest import WORKER_MAX_ATTEMPTS
 from tests.payloads import new_key, partner_a_v1_encounter
 from tests.support import (
-    ROOT,
     TopicReader,
     WorkerProcess,
     eventually,
     raw_object_event,
     s3_read_independently,
+    stack_dir,
     wait_canonical,
 )
 
 DOB = "1903-07-19"
 # Fields of canonical objects that hold dates or times (SPEC §6), and so may hold 1903-07-19.
 DATE_FIELDS = {"admit_time", "discharge_time", "service_date", "collected_at", "normalized_at"}
+STACK_SERVICES = ("postgres", "kafka", "s3")  # scripts/stack.sh: each logs to <STACK_DIR>/logs
 INJECTED = b"privacy-scan-injected"  # key of the raw, sentinel-bearing messages this test produces
 EXPECTED_TABLES = {
     "processing_attempts",
@@ -330,18 +332,20 @@ async def test_no_patient_identifier_leaves_the_raw_store(
         assert status == 200 and set(resp) == {"patient_token"}
 
         # --- wait until the pipeline is done with all of it --------------------------------
-        rows = await wait_canonical(db, canonical_ids)
+        rows = await wait_canonical(db, canonical_ids, timeout=180)
         dlq_messages = await dlq_v2.collect(
-            lambda ms: dlq_keys.keys() <= {m.key for m in ms}, timeout=60
+            lambda ms: dlq_keys.keys() <= {m.key for m in ms}, timeout=180
         )
         assert dlq_keys.keys() <= {m.key for m in dlq_messages}, "not every DLQ message arrived"
-        # Nothing of this test goes to the v1 DLQ; whatever did arrive there is scanned too.
-        dlq_messages += await dlq_v1.collect(lambda ms: False, timeout=1.0)
+        # The rest of that topic up to its end, and the v1 DLQ (nothing of this test goes there;
+        # whatever did arrive is scanned too): read to the end as of now, not for a while.
+        dlq_messages += await dlq_v2.collect_to_end(timeout=120)
+        dlq_messages += await dlq_v1.collect_to_end(timeout=120)
         # The ingested-event topics too, less the unparseable events this test put there itself.
         topic_messages = [
             m
             for reader in (events_v1, events_v2)
-            for m in await reader.collect(lambda ms: False, timeout=1.0)
+            for m in await reader.collect_to_end(timeout=120)
             if m.key != INJECTED
         ]
 
@@ -357,7 +361,7 @@ async def test_no_patient_identifier_leaves_the_raw_store(
         )
         return n == len(dead_ids)
 
-    await eventually(marked, timeout=30)
+    await eventually(marked, timeout=120)
     # The transient path really retried: the first DLQ mark is on attempt MAX_ATTEMPTS (a
     # rebalance may redeliver the event and repeat the round; at least once is the contract).
     first_dlq = await db.fetchval(
@@ -374,20 +378,25 @@ async def test_no_patient_identifier_leaves_the_raw_store(
     for row in rows:
         raw = await s3_read_independently(settings, row["raw_object_key"])
         assert set(s.hits(raw.decode())) >= {s.given, s.family, s.ssn, s.note, DOB}
-    logs = {"worker": worker.log_text(), "strict worker": strict_worker.log_text()}
+    logs = {"worker log": worker.log_text(), "strict worker log": strict_worker.log_text()}
     assert any(canonical_ids[0] in text for text in logs.values())
 
     # --- the scan ---------------------------------------------------------------------------
+    # The stack this run uses (STACK_DIR), each of its services' logs, and lines in every one:
+    # a scan that read nothing would find nothing.
+    stack_logs = stack_dir() / "logs"
+    for path in sorted(stack_logs.glob("*.log")):
+        logs[path.name] = path.read_text(encoding="utf-8", errors="replace")
+    assert {f"{svc}.log" for svc in STACK_SERVICES} <= logs.keys(), (stack_logs, sorted(logs))
     leaks: list[Any] = []
     for name, text in logs.items():
-        leaks += [(f"{name} log", line[:300]) for line in text.splitlines() if s.hits(line)]
+        lines = text.splitlines()
+        assert lines, f"{name}: no line to scan"
+        leaks += [(name, line[:300]) for line in lines if s.hits(line)]
     for m in dlq_messages + topic_messages:
         value = (m.value or b"").decode(errors="replace")
         if s.hits(value):
             leaks.append(("topic", m.topic, value[:300]))
-    for path in sorted((ROOT / ".stack" / "logs").glob("*.log")):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        leaks += [(path.name, line[:300]) for line in text.splitlines() if s.hits(line)]
     leaks += [("HTTP body", b[:300]) for b in ex.bodies if s.hits(b.decode(errors="replace"))]
 
     tables = {
