@@ -75,6 +75,8 @@ class Settings:
     pg_pool_size: int = 20
     kafka_session_timeout_s: int = 10
     recipient_cache_ttl_s: float = 5.0
+    # GraphQL introspection: on by default only with ENV=local (GRAPHQL_INTROSPECTION=0/1).
+    graphql_introspection: bool = True
     control_heartbeat_s: float = 10.0
     control_takeover_after_s: float = 60.0
     web_bind: str = "127.0.0.1"
@@ -142,6 +144,12 @@ class Settings:
                 raise ConfigError(f"{name} must be at least {minimum}")
             return value
 
+        def get_bool(name: str, default: bool) -> bool:
+            raw = get(name, "1" if default else "0").lower()
+            if raw not in ("0", "1", "true", "false", "yes", "no"):
+                raise ConfigError(f"{name} must be 1 or 0")
+            return raw in ("1", "true", "yes")
+
         def get_float(name: str, default: float, minimum: float) -> float:
             try:
                 value = float(get(name, str(default)))
@@ -192,6 +200,7 @@ class Settings:
             pg_pool_size=get_int("PG_POOL_SIZE", 20, 2),
             kafka_session_timeout_s=get_int("KAFKA_SESSION_TIMEOUT_S", 10, 6),
             recipient_cache_ttl_s=get_float("RECIPIENT_CACHE_TTL_S", 5.0, 0.0),
+            graphql_introspection=get_bool("GRAPHQL_INTROSPECTION", get("ENV", "local") == "local"),
             control_heartbeat_s=get_float("CONTROL_HEARTBEAT_S", 10.0, 0.1),
             control_takeover_after_s=get_float("CONTROL_TAKEOVER_AFTER_S", 60.0, 1.0),
             web_bind=get("WEB_BIND", "127.0.0.1"),

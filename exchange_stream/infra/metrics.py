@@ -37,6 +37,25 @@ outbox_publish_failures_total = Counter(
     "Outbox publish batches that failed (rows stay pending and are retried).",
     registry=REGISTRY,
 )
+outbox_row_failures_total = Counter(
+    "outbox_row_failures_total",
+    "Outbox rows whose publish failed on their own while Kafka answered (a topic it does not have,"
+    " a message it refused), by topic: each waits for its retry while the others go out.",
+    ["topic"],
+    registry=REGISTRY,
+)
+outbox_waiting_retry = Gauge(
+    "outbox_waiting_retry",
+    "Pending outbox rows waiting for their next attempt after failing on their own, as last seen"
+    " by this worker's relay.",
+    registry=REGISTRY,
+)
+outbox_relay_wakeups_total = Counter(
+    "outbox_relay_wakeups_total",
+    "Times the idle outbox relay woke: cause notify (a commit's NOTIFY) or poll (the safety net).",
+    ["cause"],
+    registry=REGISTRY,
+)
 outbox_relay_latency_seconds = Histogram(
     "outbox_relay_latency_seconds",
     "Time from outbox row creation to its publish acknowledgement.",
@@ -89,6 +108,24 @@ normalizer_pauses_total = Counter(
     "normalizer_pauses_total",
     "Times the normalizer paused because a dependency did not answer.",
     ["dependency"],
+    registry=REGISTRY,
+)
+graphql_requests_total = Counter(
+    "graphql_requests_total",
+    "Read API requests by response status.",
+    ["status"],
+    registry=REGISTRY,
+)
+graphql_latency_seconds = Histogram(
+    "graphql_latency_seconds",
+    "Time from a read API request received to its response.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+graphql_sql_statements = Histogram(
+    "graphql_sql_statements",
+    "SQL statements one read API request cost (its lists are batched, never one per item).",
+    buckets=(0, 1, 2, 3, 4, 5, 8, 12, 20, 50),
     registry=REGISTRY,
 )
 data_quality_issues = Gauge(
