@@ -7,17 +7,24 @@ under a fresh source and looks at that source only; ``remove_source`` cleans up 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import os
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import orjson
 
-from tests.support import ROOT
+from exchange_stream.infra.config import Settings
+from exchange_stream.infra.runtime import Runtime
+from exchange_stream.pipeline.gate import DependencyGate
+from exchange_stream.pipeline.normalize import PIPELINE, Message, Normalizer
+from tests.support import ROOT, eventually, isolated_topics
 
 # ``exchange-stream jobs …``; runs are --local: these tests start no worker.
 JOBS_CLI = [sys.executable, "-m", "exchange_stream", "jobs"]
@@ -137,4 +144,90 @@ async def start_jobs_cli(*args: str) -> asyncio.subprocess.Process:
         env=cli_env(),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+    )
+
+
+class PipelineRecords:
+    """The worker's own ``Normalizer``, run in this process on events made for it: ledger rows
+    with exactly the stages, error types and attempt counts the normalizer writes, without the
+    redeliveries a consumer group may add. DLQ envelopes go to topics of its own."""
+
+    def __init__(self, settings: Settings, normalizer: Normalizer, db: asyncpg.Pool) -> None:
+        self.settings = settings
+        self.normalizer = normalizer
+        self.db = db
+        self._offsets = itertools.count()
+
+    async def process(self, value: bytes) -> None:
+        """One event through the normalizer: canonical, or in the DLQ, when this returns."""
+        topic = self.settings.ingest_topic_for("2")
+        await self.normalizer.process([Message(topic, 0, next(self._offsets), value)])
+
+    async def process_failing_first(
+        self, value: bytes, record_id: uuid.UUID, failures: int, then_store: tuple[str, bytes]
+    ) -> None:
+        """An event whose raw object is missing for its first ``failures`` attempts and stored
+        (``then_store``: key and bytes) before the next: transient failures, then success.
+
+        The attempt after the failures is held (its ledger row taken by an open transaction,
+        so the normalizer's start of that attempt waits on it) until the object is there: the
+        order is certain whatever the machine's speed, with no timed wait."""
+        from exchange_stream.infra.storage import open_store
+
+        async with self.db.acquire() as conn:
+            held = conn.transaction()
+            await held.start()
+            try:
+                await conn.execute(
+                    "INSERT INTO processing_attempts (record_id, pipeline, attempt_no, status) "
+                    "VALUES ($1, $2, $3, 'started')",
+                    record_id,
+                    PIPELINE,
+                    failures + 1,
+                )
+                work = asyncio.create_task(self.process(value))
+
+                async def failed_enough() -> bool:
+                    if work.done():
+                        work.result()  # an error of the normalizer, raised here
+                        raise AssertionError("the normalizer finished before it was let go")
+                    n = await self.db.fetchval(
+                        "SELECT count(*) FROM processing_attempts WHERE record_id = $1 "
+                        "AND status = 'failed' AND error_type = 'RawObjectMissing'",
+                        record_id,
+                    )
+                    return n == failures
+
+                await eventually(failed_enough, timeout=120)
+                async with open_store(self.settings) as store:
+                    await store.put(*then_store)
+            finally:
+                await held.rollback()
+        await asyncio.wait_for(work, 120)
+
+
+@contextlib.asynccontextmanager
+async def pipeline_records(db: asyncpg.Pool) -> AsyncIterator[PipelineRecords]:
+    """``PipelineRecords`` with the test workers' retry settings and topics of its own."""
+    async with isolated_topics("dq", db) as env:
+        settings = Settings.from_env(
+            {**os.environ, **env, "ENV": "local", "MAX_ATTEMPTS": "3", "BACKOFF_BASE_MS": "50"}
+        )
+        runtime = Runtime(settings)
+        await runtime.start()
+        try:
+            normalizer = Normalizer(settings, runtime, DependencyGate(runtime.probe))
+            yield PipelineRecords(settings, normalizer, db)
+        finally:
+            await runtime.stop()
+
+
+async def age_attempts(db: asyncpg.Pool, record_id: uuid.UUID, age_s: float) -> None:
+    """Move a record's ledger attempts ``age_s`` seconds into the past (windows and order of the
+    jobs are about time; the attempts themselves stay as the normalizer wrote them)."""
+    await db.execute(
+        "UPDATE processing_attempts SET started_at = started_at - make_interval(secs => $2), "
+        "ended_at = ended_at - make_interval(secs => $2) WHERE record_id = $1",
+        record_id,
+        float(age_s),
     )

@@ -457,25 +457,20 @@ def isolated_env(label: str) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def isolated_worker(
-    workdir: Path, label: str, db, env: Mapping[str, str] | None = None
-) -> AsyncIterator[WorkerProcess]:
-    """A healthy worker on topics and in a consumer group of its own (``isolated_env``): only it
-    can process the events of its ingest, so its ledger rows and /metrics are its own work. Its
-    topics are deleted on exit unless outbox rows still wait for them (every relay would be
-    stuck on those rows otherwise)."""
+async def isolated_topics(label: str, db) -> AsyncIterator[dict[str, str]]:
+    """``isolated_env(label)`` with its topics created; they are deleted on exit unless outbox
+    rows still wait for them (every relay would be stuck on those rows otherwise)."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
     from exchange_stream.infra.config import Settings
     from exchange_stream.infra.topics import ensure_topics
 
-    isolated = {**isolated_env(label), **(env or {})}
-    settings = Settings.from_env({**os.environ, **isolated, "ENV": "local"})
+    env = isolated_env(label)
+    settings = Settings.from_env({**os.environ, **env, "ENV": "local"})
     await ensure_topics(settings)
     try:
-        async with running_worker(workdir, isolated) as proc:
-            yield proc
+        yield env
     finally:
         topics = settings.all_topics()
         pending = await db.fetchval(
@@ -491,6 +486,19 @@ async def isolated_worker(
                 pass  # best effort: partitions piling up only slow the broker's restarts
             finally:
                 await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def isolated_worker(
+    workdir: Path, label: str, db, env: Mapping[str, str] | None = None
+) -> AsyncIterator[WorkerProcess]:
+    """A healthy worker on topics and in a consumer group of its own (``isolated_topics``): only
+    it can process the events of its ingest, so its ledger rows and /metrics are its own work."""
+    async with (
+        isolated_topics(label, db) as isolated,
+        running_worker(workdir, {**isolated, **(env or {})}) as proc,
+    ):
+        yield proc
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

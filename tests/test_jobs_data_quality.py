@@ -1,21 +1,36 @@
 """data-quality on the real database: each planted problem is found, a clean source shows none.
 
-Problems are planted with SQL under a source of their own, and the job runs with ``--source``:
-the database is shared with the rest of the session, whose rows are none of this test's concern.
+Problems are planted under a source of their own, and the job runs with ``--source``: the database
+is shared with the rest of the session, whose rows are none of this test's concern. Ledger
+problems (dead-lettered records, transient failures) are made by the normalizer itself, so the
+job is tested against the stages and error types production writes.
 """
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
 from exchange_stream.infra import metrics
 from exchange_stream.ops.data_quality import CHECKS, NAME
 from exchange_stream.ops.framework import local_context, run_here
 from exchange_stream.ops.registry import JOBS
-from tests.jobs_support import fresh_source, insert_canonical, remove_source, run_jobs_cli
+from tests.jobs_support import (
+    PipelineRecords,
+    age_attempts,
+    canonical_ids,
+    fresh_source,
+    insert_canonical,
+    pipeline_records,
+    remove_source,
+    run_jobs_cli,
+)
+from tests.payloads import v2_body
+from tests.support import raw_object_event
 
 pytestmark = pytest.mark.usefixtures("migrated")
 
@@ -58,13 +73,34 @@ async def _attempts(
         )
 
 
-S3_DOWN = ("failed", "raw_object", "S3Unavailable", True)
+async def _through_the_normalizer(
+    db: asyncpg.Pool, pipeline: PipelineRecords, source: str, body: dict, **kind: Any
+) -> uuid.UUID:
+    """One record of ``source`` (a manifest row 'enqueued', as ingest leaves it) through the
+    normalizer. ``kind``: ``missing=True`` for a raw object that is never stored, or
+    ``fails_first=n`` for one stored only after ``n`` failed attempts; else it is stored."""
+    stored = not kind.get("missing") and not kind.get("fails_first")
+    event, value = await raw_object_event(pipeline.settings, body, store_it=stored)
+    record_id = uuid.UUID(event["record_id"])
+    await _manifest(db, source, "enqueued", 0, record_id)
+    if kind.get("fails_first"):
+        key = event["raw_object"]["key"]
+        await pipeline.process_failing_first(
+            value, record_id, kind["fails_first"], (key, orjson.dumps(body))
+        )
+    else:
+        await pipeline.process(value)
+    return record_id
 
 
 @pytest.fixture(scope="module")
 async def planted(db: asyncpg.Pool):
     """One of each problem under one source, next to rows that are fine or just under a
-    threshold; yields the source and the record ids each check must list."""
+    threshold; yields the source and the record ids each check must list.
+
+    Canonical rows the normalizer would never write (no token, a kind outside the contract) are
+    planted with SQL. Every ledger row is the normalizer's own: each record goes through it, so
+    its stages and error types are what production writes; only their age is set afterwards."""
     source = fresh_source("dq")
     await insert_canonical(db, source, 3)
     (no_token,) = await insert_canonical(db, source, 1, token=False)
@@ -76,25 +112,31 @@ async def planted(db: asyncpg.Pool):
     recent_enqueued = await _manifest(db, source, "enqueued", 120)
     await _manifest(db, source, "canonicalized", 7200)
 
-    dlq_mapping = await _manifest(db, source, "enqueued", 0)
-    await _attempts(
-        db, dlq_mapping, [("dlq_published", "mapping", "UnmappablePayload", False)], 3600
-    )
-    dlq_after_retries = await _manifest(db, source, "enqueued", 0)
-    await _attempts(
-        db,
-        dlq_after_retries,
-        [S3_DOWN, S3_DOWN, ("dlq_published", "raw_object", "S3Unavailable", True)],
-        600,
-    )
-    flaky = await _manifest(db, source, "canonicalized", 0)
-    await _attempts(db, flaky, [S3_DOWN, S3_DOWN, ("succeeded", None, None, None)], 300)
-    failed_once = await _manifest(db, source, "canonicalized", 0)
-    await _attempts(db, failed_once, [S3_DOWN, ("succeeded", None, None, None)], 300)
-    old_dlq = await _manifest(db, source, "enqueued", 0)
-    await _attempts(
-        db, old_dlq, [("dlq_published", "mapping", "UnmappablePayload", False)], 3 * 86400
-    )
+    good = v2_body(source=source)
+    payload = {k: v for k, v in good["payload"].items() if k != "encounter_id"}
+    unmappable = {**good, "payload": payload}
+    async with pipeline_records(db) as pipeline:
+        # A payload the mapping refuses: permanent, dead-lettered at once.
+        dlq_mapping = await _through_the_normalizer(db, pipeline, source, unmappable)
+        # A raw object that never appears: transient, MAX_ATTEMPTS tries, then the DLQ.
+        dlq_after_retries = await _through_the_normalizer(
+            db, pipeline, source, v2_body(source=source), missing=True
+        )
+        flaky = await _through_the_normalizer(
+            db, pipeline, source, v2_body(source=source), fails_first=2
+        )
+        failed_once = await _through_the_normalizer(
+            db, pipeline, source, v2_body(source=source), fails_first=1
+        )
+        old_dlq = await _through_the_normalizer(db, pipeline, source, unmappable)
+    for record_id, age_s in (
+        (dlq_mapping, 3600),
+        (dlq_after_retries, 600),
+        (flaky, 300),
+        (failed_once, 300),
+        (old_dlq, 3 * 86400),
+    ):
+        await age_attempts(db, record_id, age_s)
     try:
         yield {
             "source": source,
@@ -116,6 +158,37 @@ async def planted(db: asyncpg.Pool):
         await remove_source(db, source)
 
 
+async def test_the_planted_ledger_is_what_the_normalizer_wrote(
+    db: asyncpg.Pool, planted: dict
+) -> None:
+    """The premise of the checks below: each record's attempts, as the pipeline left them."""
+
+    async def ledger(record_id: uuid.UUID) -> list[tuple]:
+        rows = await db.fetch(
+            "SELECT status, error_stage, error_type, transient FROM processing_attempts "
+            "WHERE record_id = $1 ORDER BY attempt_no",
+            record_id,
+        )
+        return [tuple(r) for r in rows]
+
+    missing = ("failed", "fetch", "RawObjectMissing", True)
+    succeeded = ("succeeded", None, None, None)
+    dlq_after_retries, dlq_mapping = planted["expected"]["dlq_published"]
+    flaky = planted["expected"]["repeated_transient_failures"][1]
+    assert await ledger(dlq_mapping) == [("dlq_published", "map", "MappingError", False)]
+    assert await ledger(planted["old_dlq"]) == [("dlq_published", "map", "MappingError", False)]
+    assert await ledger(dlq_after_retries) == [
+        missing,
+        missing,
+        ("dlq_published", "fetch", "RawObjectMissing", True),
+    ]
+    assert await ledger(flaky) == [missing, missing, succeeded]
+    assert await ledger(planted["failed_once"]) == [missing, succeeded]
+    canonical = await canonical_ids(db, planted["source"])
+    assert {flaky, planted["failed_once"]} <= canonical
+    assert not {dlq_mapping, dlq_after_retries, planted["old_dlq"]} & canonical
+
+
 def _listed(summary: dict, check: str) -> list[str]:
     return summary["checks"][check]["record_ids"]
 
@@ -130,8 +203,8 @@ async def test_data_quality_finds_each_planted_problem(planted: dict) -> None:
         assert _listed(summary, check) == [str(i) for i in ids], check
     assert summary["issues_total"] == 9 and summary["clean"] is False
     assert summary["dlq_by_stage_type"] == [
-        {"stage": "mapping", "type": "UnmappablePayload", "count": 1},
-        {"stage": "raw_object", "type": "S3Unavailable", "count": 1},
+        {"stage": "fetch", "type": "RawObjectMissing", "count": 1},
+        {"stage": "map", "type": "MappingError", "count": 1},
     ]
     failures = summary["checks"]["repeated_transient_failures"]["failures"]
     assert failures == {
@@ -160,11 +233,7 @@ async def test_thresholds_move_what_counts(planted: dict) -> None:
     assert str(planted["recent_enqueued"]) in _listed(summary, "manifest_stuck_enqueued")
     assert str(planted["failed_once"]) in _listed(summary, "repeated_transient_failures")
     assert str(planted["old_dlq"]) in _listed(summary, "dlq_published")
-    assert summary["dlq_by_stage_type"][0] == {
-        "stage": "mapping",
-        "type": "UnmappablePayload",
-        "count": 2,
-    }
+    assert summary["dlq_by_stage_type"][0] == {"stage": "map", "type": "MappingError", "count": 2}
 
 
 async def test_text_output_is_a_table_naming_the_records(planted: dict) -> None:
@@ -175,7 +244,7 @@ async def test_text_output_is_a_table_naming_the_records(planted: dict) -> None:
     assert "check" in out and "count" in out
     for check in CHECKS:
         assert check in out
-    assert "UnmappablePayload" in out and "S3Unavailable" in out
+    assert "MappingError" in out and "RawObjectMissing" in out
     for ids in planted["expected"].values():
         for rid in ids:
             assert str(rid) in out
