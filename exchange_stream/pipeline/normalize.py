@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import orjson
 
 from exchange_stream.core import errors
@@ -175,6 +177,9 @@ class Normalizer:
             seen.add(event.record_id)
             pending.append(Work(message=m, event=event))
 
+        # One lock order for every batch (ledger and canonical rows by record id), so concurrent
+        # batches that share a record wait for each other instead of deadlocking.
+        pending.sort(key=lambda w: w.record_id)
         retries = 0
         while pending:
             await self.gate.wait_open()
@@ -359,6 +364,14 @@ class Normalizer:
             try:
                 async with self.runtime.pool.acquire() as conn:
                     return await getattr(conn, method)(*args)
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+                # Two batches holding one record (a replay beside a redelivery, say) locked its
+                # ledger rows in opposite orders; Postgres rolled one statement back whole.
+                log.warning(
+                    "normalizer statement rolled back by a lock conflict; retrying",
+                    extra={"fields": {"error_type": type(exc).__name__}},
+                )
+                await asyncio.sleep(random.uniform(0.01, 0.1))  # noqa: S311
             except POSTGRES_UNAVAILABLE as exc:
                 # A worker shutting down cancels this wait; nothing is lost, offsets stay put.
                 if not await self.gate.outage("postgres"):

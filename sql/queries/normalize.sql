@@ -16,6 +16,7 @@ WITH input AS (
     SELECT record_id, $8, 'running', 1, correlation_id, event_version, event_id,
            kafka_topic, kafka_partition, kafka_offset
     FROM input
+    ORDER BY record_id
     ON CONFLICT (record_id, pipeline) DO UPDATE SET
         status = 'running',
         attempt_count = s.attempt_count + 1,
