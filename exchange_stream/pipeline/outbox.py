@@ -1,9 +1,14 @@
 """The outbox relay: publish committed ``outbox_events`` rows to Kafka, in every worker.
 
 A batch is claimed with ``FOR UPDATE SKIP LOCKED`` and stays locked while it is published, so
-concurrent relays never take the same row; it is marked published in the same transaction once
-Kafka has acknowledged every message. A crash between the acknowledgement and the commit
-republishes the batch: delivery is at-least-once, and consumers are idempotent by record id.
+concurrent relays never take the same row; the rows Kafka acknowledged are marked published in the
+same transaction. A crash between the acknowledgement and the commit republishes them: delivery is
+at-least-once, and consumers are idempotent by record id.
+One bad row never holds back the others: a row whose topic Kafka does not have (looked up before
+sending, so it costs no wait) or whose message Kafka refuses is set aside with ``attempts + 1``,
+its error type and a ``next_attempt_at`` that backs off exponentially, while the rest of the batch
+is published. When Kafka takes none of the batch, it is an outage: the rows stay due and the relay
+as a whole backs off until Kafka answers again.
 The relay sleeps on ``LISTEN outbox_events`` (a trigger notifies at commit), with a slow poll as
 a safety net for missed notifications.
 """
@@ -11,8 +16,12 @@ a safety net for missed notifications.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -21,6 +30,7 @@ import orjson
 
 from exchange_stream.infra import metrics
 from exchange_stream.infra.config import Settings
+from exchange_stream.infra.kafka import UNKNOWN_TOPIC, producer_failed, refused_message
 from exchange_stream.infra.runtime import Runtime
 from exchange_stream.infra.sql import q
 
@@ -35,6 +45,10 @@ class OutboxRelay(mode.Service):
     batch_size = 500
     poll_interval_s = 1.0
     backoff_max_s = 5.0
+    # A row that failed on its own waits 1 s, 2 s, 4 s... up to 5 min: soon enough once an
+    # operator has created its topic, rare enough to cost nothing meanwhile.
+    row_retry_base_s = 1.0
+    row_retry_max_s = 300.0
 
     def __init__(self, settings: Settings, runtime: Runtime, **kwargs: Any) -> None:
         self.settings = settings
@@ -72,7 +86,7 @@ class OutboxRelay(mode.Service):
                 await self.sleep(delay)
 
     async def drain(self) -> int:
-        """Publish pending rows batch by batch until none are left; return how many."""
+        """Publish due rows batch by batch until none are left; return how many were claimed."""
         total = 0
         while not self.should_stop:
             n = await self._publish_batch()
@@ -86,25 +100,64 @@ class OutboxRelay(mode.Service):
             rows = await conn.fetch(q("outbox_claim"), self.batch_size)
             if not rows:
                 return 0
-            ids = [r["id"] for r in rows]
-            try:
-                await self.runtime.publisher.send_many(
-                    (r["topic"], r["key"].encode(), orjson.dumps(r["payload"])) for r in rows
+            outcome = await self._publish(rows)
+            if outcome.published:
+                await conn.execute(q("outbox_mark_published"), [r["id"] for r in outcome.published])
+            if outcome.set_aside:
+                await conn.execute(
+                    q("outbox_mark_retry"),
+                    [r["id"] for r, _ in outcome.set_aside],
+                    [error_type for _, error_type in outcome.set_aside],
+                    self.row_retry_base_s,
+                    self.row_retry_max_s,
                 )
-            except Exception as exc:
-                raise PublishFailed(ids, type(exc).__name__) from exc
-            await conn.execute(q("outbox_mark_published"), ids)
+        self._count(outcome)
+        if outcome.outage:
+            # Committed above: what Kafka took stays published; the rest waits for the relay.
+            raise PublishFailed([r["id"] for r in outcome.outage], outcome.outage_error)
+        return len(rows)
+
+    async def _publish(self, rows: list[asyncpg.Record]) -> BatchOutcome:
+        """Send the claimed rows; sort each into published, set aside or waiting out an outage."""
+        ids = [r["id"] for r in rows]
+        publisher = self.runtime.publisher
+        try:
+            missing = await publisher.missing_topics({r["topic"] for r in rows})
+            sendable = [r for r in rows if r["topic"] not in missing]
+            errors = await publisher.send_each(
+                [(r["topic"], r["key"].encode(), orjson.dumps(r["payload"])) for r in sendable]
+            )
+        except Exception as exc:
+            # Kafka did not answer (or the producer could not start): nothing went out.
+            raise PublishFailed(ids, type(exc).__name__) from exc
+        return sort_batch(rows, missing, errors)
+
+    def _count(self, outcome: BatchOutcome) -> None:
         now = time.time()
-        for r in rows:
+        for r in outcome.published:
             metrics.outbox_relay_latency_seconds.observe(
                 max(0.0, now - r["created_at"].timestamp())
             )
-        metrics.outbox_published_total.inc(len(rows))
-        return len(rows)
+        metrics.outbox_published_total.inc(len(outcome.published))
+        if not outcome.set_aside:
+            return
+        by_topic = Counter(r["topic"] for r, _ in outcome.set_aside)
+        for topic, n in by_topic.items():
+            metrics.outbox_row_failures_total.labels(topic).inc(n)
+        log.warning(
+            "outbox rows failed on their own; retrying them later",
+            extra={
+                "fields": {
+                    "rows": len(outcome.set_aside),
+                    "topics": sorted(by_topic),
+                    "error_types": sorted({e for _, e in outcome.set_aside}),
+                }
+            },
+        )
 
     async def _reset_on_failure(self, exc: Exception) -> None:
         if isinstance(exc, PublishFailed):
-            # The claim transaction rolled back; note the attempt on the rows, best effort.
+            # The rows stay pending and due; note the attempt on them, best effort.
             try:
                 async with self.runtime.pool.acquire() as conn:
                     await conn.execute(q("outbox_mark_failed"), exc.ids, exc.error_type)
@@ -115,11 +168,12 @@ class OutboxRelay(mode.Service):
             await self._close_listener()
 
     async def _sleep_until_woken(self) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
-        except TimeoutError:
-            pass
+        # Read the event, not the timeout: a notification that lands as the poll fires counts.
+        cause = "notify" if self._wake.is_set() else "poll"
         self._wake.clear()
+        metrics.outbox_relay_wakeups_total.labels(cause).inc()
 
     def _on_notify(self, *_: Any) -> None:
         self._wake.set()
@@ -145,11 +199,49 @@ class OutboxRelay(mode.Service):
             return
         self._pending_checked_at = now
         async with self.runtime.pool.acquire() as conn:
-            metrics.outbox_pending.set(await conn.fetchval(q("outbox_pending_count")))
+            counts = await conn.fetchrow(q("outbox_pending_count"))
+        metrics.outbox_pending.set(counts["pending"])
+        metrics.outbox_waiting_retry.set(counts["waiting_retry"])
+
+
+@dataclass
+class BatchOutcome:
+    """What became of each row of a claimed batch."""
+
+    published: list[Mapping[str, Any]] = field(default_factory=list)
+    # Rows that failed on their own, with their error type: they wait for their next attempt.
+    set_aside: list[tuple[Mapping[str, Any], str]] = field(default_factory=list)
+    # Rows Kafka did not take because it took nothing: the relay backs off as a whole.
+    outage: list[Mapping[str, Any]] = field(default_factory=list)
+    outage_error: str = ""
+
+
+def sort_batch(
+    rows: Sequence[Mapping[str, Any]],
+    missing: set[str],
+    errors: Sequence[BaseException | None],
+) -> BatchOutcome:
+    """Sort a claimed batch: ``missing`` are the topics Kafka does not have (their rows were not
+    sent), ``errors`` the send outcomes of the other rows, in order (``None``: acknowledged)."""
+    outcome = BatchOutcome()
+    outcome.set_aside = [(r, UNKNOWN_TOPIC) for r in rows if r["topic"] in missing]
+    sent = [r for r in rows if r["topic"] not in missing]
+    # Kafka answered if it took any message of the batch; then what it did not take failed on its
+    # own. If it took none, only a refusal of the message itself is the row's fault.
+    answered = any(e is None for e in errors)
+    for row, error in zip(sent, errors, strict=True):
+        if error is None:
+            outcome.published.append(row)
+        elif refused_message(error) or (answered and not producer_failed(error)):
+            outcome.set_aside.append((row, type(error).__name__))
+        else:
+            outcome.outage.append(row)
+            outcome.outage_error = outcome.outage_error or type(error).__name__
+    return outcome
 
 
 class PublishFailed(RuntimeError):
-    """Kafka did not acknowledge a batch; its rows stay pending."""
+    """Kafka did not acknowledge these rows of a batch; they stay pending and due."""
 
     def __init__(self, ids: list[int], error_type: str) -> None:
         super().__init__(error_type)
