@@ -4,6 +4,8 @@ The S3 listing is loaded page by page into a temporary table, so every compariso
 statement whatever the source's size. With ``repair``, what can still be processed is re-enqueued
 through the outbox (the relay's guarantees hold), what cannot is marked ``orphaned``, and every
 action is written to ``audit_log`` in the same transaction as the change it describes.
+Outbox rows of the source that failed to publish (``outbox_stuck``) are reported with their
+topic, attempts and error type, and never repaired: see ``REPORT_ONLY``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from exchange_stream.core.events import IngestedEvent, record_id_from_key, replay_correlation_id
+from exchange_stream.core.timefmt import rfc3339
 from exchange_stream.infra.sql import q
 from exchange_stream.infra.storage import ObjectMissing
 from exchange_stream.ops.framework import Operation, OpsContext, ProgressFn
@@ -27,7 +30,12 @@ CATEGORIES = (
     "canonical_without_manifest",
     "manifest_without_raw",
     "state_mismatch",
+    "outbox_stuck",
 )
+# Findings that ``repair`` leaves alone. An outbox row that does not publish needs its topic
+# created or its cause fixed, which is an operator's job, and the relay retries it by itself once
+# that is done; re-enqueuing it would only add a second row that fails alike.
+REPORT_ONLY = frozenset({"outbox_stuck"})
 ACTOR = "reconcile"
 _LOAD_PAGE = 1000
 
@@ -50,6 +58,7 @@ async def run(ctx: OpsContext, params: dict[str, Any], progress: ProgressFn) -> 
         "records": {
             c: [str(r["record_id"]) for r in findings[c]][: SAMPLE * 20] for c in CATEGORIES
         },
+        "outbox_stuck_rows": [_outbox_row(r) for r in findings["outbox_stuck"][: SAMPLE * 20]],
         "repair": bool(params.get("repair")),
     }
     if params.get("repair"):
@@ -95,12 +104,27 @@ async def _findings(
     return {c: await conn.fetch(q(f"reconcile_{c}"), source, older_than_s) for c in CATEGORIES}
 
 
+def _outbox_row(row: asyncpg.Record) -> dict[str, Any]:
+    """One stuck outbox row as reported: where it goes, how often it failed and with what type."""
+    due = row["next_attempt_at"]
+    return {
+        "outbox_id": row["outbox_id"],
+        "record_id": row["record_id"],
+        "topic": row["topic"],
+        "attempts": row["attempts"],
+        "last_error": row["last_error"],
+        "next_attempt_at": rfc3339(due) if due is not None else None,
+    }
+
+
 async def _repair(
     ctx: OpsContext, source: str, findings: dict[str, list[asyncpg.Record]], progress: ProgressFn
 ) -> dict[str, int]:
     actions: dict[str, int] = {}
     done = 0
     for category in CATEGORIES:
+        if category in REPORT_ONLY:
+            continue
         for row in findings[category]:
             action = await _repair_one(ctx, category, row)
             actions[action] = actions.get(action, 0) + 1

@@ -80,6 +80,20 @@ WHERE m.source = $1
   AND m.updated_at < now() - make_interval(secs => $2)
 ORDER BY m.record_id
 
+-- name: reconcile_outbox_stuck
+-- Outbox rows of the source still unpublished after at least one failed attempt: a topic Kafka
+-- does not have, a message it refuses, or an outage not over yet. The record id comes from the
+-- event (text: the row is reported as it is, whatever it holds); the outbox columns follow.
+SELECT o.payload->>'record_id' AS record_id, $1::text AS source,
+       o.payload->'raw_object'->>'key' AS object_key, NULL::text AS sha256,
+       NULL::bigint AS size_bytes, o.created_at, false AS has_canonical,
+       o.id AS outbox_id, o.topic, o.attempts, o.last_error, o.next_attempt_at
+FROM outbox_events o
+WHERE o.published_at IS NULL AND o.attempts > 0
+  AND o.payload->>'source' = $1
+  AND o.created_at < now() - make_interval(secs => $2)
+ORDER BY o.id
+
 -- name: reconcile_upsert_manifest
 INSERT INTO raw_object_manifest (record_id, source, bucket, object_key, sha256, size_bytes, state)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
