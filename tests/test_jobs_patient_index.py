@@ -66,21 +66,43 @@ async def test_sigkill_mid_run_then_rerun_indexes_every_row_exactly_once(
     await _catch_up()
     planted = set(await insert_canonical(db, source, 400))
     started_at = await db.fetchval("SELECT now()")
-    proc = await start_jobs_cli(
-        "run", NAME, "--batch-size", "5", "--pause-ms", "10", "--output", "json"
-    )
-    try:
-
-        async def partly_indexed() -> bool:
-            n = await db.fetchval(
-                "SELECT count(*) FROM derived_patient_record_index WHERE source = $1", source
+    # The run stops half-way whatever the machine's speed: the batch that reaches the middle
+    # record waits on an uncommitted index row of it, and the run is killed while it waits.
+    middle = sorted(planted)[len(planted) // 2]
+    async with db.acquire() as stall:
+        held = stall.transaction()
+        await held.start()
+        try:
+            await stall.execute(
+                "INSERT INTO derived_patient_record_index (patient_token, record_id, source, "
+                "event_version, record_kind, schema_hint, ingested_at, normalized_at) "
+                "SELECT normalized->>'patient_token', record_id, source, event_version, "
+                "record_kind, schema_hint, ingested_at, normalized_at FROM canonical_records "
+                "WHERE record_id = $1",
+                middle,
             )
-            return 0 < n < len(planted)
+            proc = await start_jobs_cli(
+                "run", NAME, "--batch-size", "5", "--pause-ms", "10", "--output", "json"
+            )
+            try:
 
-        await eventually(partly_indexed, timeout=60, interval=0.01)
-    finally:
-        proc.kill()
-        await proc.wait()
+                async def waiting_mid_run() -> bool:
+                    if proc.returncode is not None:
+                        return True  # ended: asserted below
+                    n = await db.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE $1 = ANY(pg_blocking_pids(pid))",
+                        stall.get_server_pid(),
+                    )
+                    return n > 0
+
+                await eventually(waiting_mid_run, timeout=300)
+                assert proc.returncode is None, "the run ended before the middle record"
+            finally:
+                proc.kill()
+                await proc.wait()
+        finally:
+            await held.rollback()
     assert proc.returncode == -9
 
     # What the crash left: every batch is all or nothing, together with its checkpoint. Rows of
