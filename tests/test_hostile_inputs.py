@@ -552,14 +552,20 @@ async def test_nul_escapes_in_identity_values_are_just_characters(worker, http) 
     assert (await _post(http, worker, "/v2/ingest", orjson.dumps(v2)))[0] == 202
 
 
-async def test_two_hundred_thousand_keys_are_answered_promptly(worker, http) -> None:
+async def test_two_hundred_thousand_keys_are_answered_and_the_worker_carries_on(
+    worker, http
+) -> None:
+    # How fast is a bench figure; here: an answer (within the session's 60 s client timeout),
+    # and the same process answering afterwards.
     extra = {f"k{i}": i for i in range(200_000)}
-    started = time.monotonic()
+    starts = worker.starts
     status, _ = await _post(http, worker, "/v2/ingest", orjson.dumps({**v2_body(), **extra}))
     assert status == 202  # unknown top-level fields are ignored
     status, body = await _post(http, worker, "/tokenize", orjson.dumps({**IDENTITY, **extra}))
     assert status == 400 and body["error"].startswith("unknown field")
-    assert time.monotonic() - started < 15
+    async with http.get(f"{worker.base_url}/healthz") as r:
+        assert r.status == 200
+    assert worker.starts == starts and worker.proc is not None and worker.proc.poll() is None
 
 
 @pytest.mark.parametrize(
