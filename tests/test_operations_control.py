@@ -1,7 +1,10 @@
-"""The control plane: once per command id, rejections that name the problem, results recorded."""
+"""The control plane: once per command id, rejections that name the problem, results recorded;
+a re-sent command id answers ``duplicate`` with the first outcome, and the CLI exits 1 when that
+outcome was a failure."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
@@ -10,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from exchange_stream.infra.config import Settings
 from exchange_stream.infra.contracts import check_result
-from tests.support import TopicReader, WorkerProcess, run_cli
+from tests.support import VENV_BIN, TopicReader, WorkerProcess, run_cli
 
 
 async def test_same_command_id_twice_runs_once(worker: WorkerProcess, db: asyncpg.Pool) -> None:
@@ -21,7 +24,7 @@ async def test_same_command_id_twice_runs_once(worker: WorkerProcess, db: asyncp
     assert first["status"] == "succeeded"
     code, second = await run_cli(*args)
     assert code == 0, second
-    assert second["status"] == "duplicate"
+    assert (second["status"], second["previous_status"]) == ("duplicate", "succeeded")
     assert second["job_run_id"] == first["job_run_id"]
     assert second["result"] == first["result"]
     rows = await db.fetch(
@@ -35,6 +38,43 @@ async def test_same_command_id_twice_runs_once(worker: WorkerProcess, db: asyncp
         "replay",
     )
     assert rows[0]["params"]["dry_run"] is True
+
+
+async def _cli_with_stderr(*args: str) -> tuple[int, dict, str]:
+    """``exchange-stream <args> --output json``: exit code, JSON and what it said on stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        str(VENV_BIN / "exchange-stream"),
+        *args,
+        "--output",
+        "json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 180)
+    return proc.returncode, orjson.loads(out), err.decode(errors="replace")
+
+
+async def test_resending_the_id_of_a_failed_command_says_so_and_exits_1(
+    worker: WorkerProcess, db: asyncpg.Pool
+) -> None:
+    # A run that fails on the worker: the contract sets no maximum on stuck_after_s, and a
+    # threshold of 10^16 s puts the manifest check's cut-off before the first timestamp.
+    command_id = f"cmd-{uuid.uuid4()}"
+    args = ("jobs", "run", "data-quality", "--stuck-after-s", str(10**16))
+    code, first = await run_cli(*args, "--command-id", command_id)
+    assert code == 1, first
+    assert first["status"] == "failed"
+    assert first["error"]
+    code, second, stderr = await _cli_with_stderr(*args, "--command-id", command_id)
+    assert code == 1, second
+    assert (second["status"], second["previous_status"]) == ("duplicate", "failed")
+    assert second["job_run_id"] == first["job_run_id"]
+    assert second["error"] == first["error"]
+    assert f"command {command_id} ran before and failed" in stderr
+    rows = await db.fetch(
+        "SELECT status, executions FROM job_runs WHERE command_id = $1", command_id
+    )
+    assert [(r["status"], r["executions"]) for r in rows] == [("failed", 1)]
 
 
 async def test_invalid_commands_get_a_failed_result_naming_the_problem(
