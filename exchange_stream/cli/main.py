@@ -29,6 +29,11 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     settings = dataclasses.replace(
         settings, **{k: v for k, v in overrides.items() if v is not None}
     )
+    if settings.event_loop == "uvloop":
+        import mode.loop
+
+        # Before the app exists: Faust and mode create their loop through this policy.
+        mode.loop.use("uvloop")
     app = create_app(settings)
     worker = app.Worker(
         loglevel=settings.log_level,

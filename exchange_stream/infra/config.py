@@ -72,7 +72,13 @@ class Settings:
     backoff_base_ms: int = 200
     web_port: int = 8080
     normalizer_concurrency: int = 4
+    # A batch closes at this many events, or this long after its first one.
+    normalizer_batch: int = 200
+    normalizer_within_ms: int = 20
     pg_pool_size: int = 20
+    # Bodies a worker stored, kept in memory for its own normalizer (infra/storage.py); 0: off.
+    raw_cache_mb: int = 64
+    outbox_linger_ms: int = 5
     kafka_session_timeout_s: int = 10
     recipient_cache_ttl_s: float = 5.0
     # GraphQL introspection: on by default only with ENV=local (GRAPHQL_INTROSPECTION=0/1).
@@ -80,6 +86,8 @@ class Settings:
     control_heartbeat_s: float = 10.0
     control_takeover_after_s: float = 60.0
     web_bind: str = "127.0.0.1"
+    # The worker's asyncio event loop: uvloop (libuv, less CPU per I/O call) or asyncio.
+    event_loop: str = "uvloop"
     app_id: str = "exchange-stream"
     log_level: str = "INFO"
     data_dir: str = "exchange-stream-data"
@@ -144,6 +152,12 @@ class Settings:
                 raise ConfigError(f"{name} must be at least {minimum}")
             return value
 
+        def get_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+            value = get(name, default).lower()
+            if value not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}")
+            return value
+
         def get_bool(name: str, default: bool) -> bool:
             raw = get(name, "1" if default else "0").lower()
             if raw not in ("0", "1", "true", "false", "yes", "no"):
@@ -197,13 +211,18 @@ class Settings:
             backoff_base_ms=get_int("BACKOFF_BASE_MS", 200, 0),
             web_port=get_int("WEB_PORT", 8080, 0),
             normalizer_concurrency=get_int("NORMALIZER_CONCURRENCY", 4, 1),
+            normalizer_batch=get_int("NORMALIZER_BATCH", 200, 1),
+            normalizer_within_ms=get_int("NORMALIZER_WITHIN_MS", 20, 1),
             pg_pool_size=get_int("PG_POOL_SIZE", 20, 2),
+            raw_cache_mb=get_int("RAW_CACHE_MB", 64, 0),
+            outbox_linger_ms=get_int("OUTBOX_LINGER_MS", 5, 0),
             kafka_session_timeout_s=get_int("KAFKA_SESSION_TIMEOUT_S", 10, 6),
             recipient_cache_ttl_s=get_float("RECIPIENT_CACHE_TTL_S", 5.0, 0.0),
             graphql_introspection=get_bool("GRAPHQL_INTROSPECTION", get("ENV", "local") == "local"),
             control_heartbeat_s=get_float("CONTROL_HEARTBEAT_S", 10.0, 0.1),
             control_takeover_after_s=get_float("CONTROL_TAKEOVER_AFTER_S", 60.0, 1.0),
             web_bind=get("WEB_BIND", "127.0.0.1"),
+            event_loop=get_choice("EVENT_LOOP", "uvloop", ("uvloop", "asyncio")),
             app_id=get("APP_ID", "exchange-stream"),
             log_level=get("LOG_LEVEL", "INFO").upper(),
             data_dir=get("DATA_DIR", "exchange-stream-data"),

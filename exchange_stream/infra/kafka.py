@@ -64,7 +64,9 @@ class Publisher:
                     bootstrap_servers=self.settings.broker_list,
                     acks="all",
                     enable_idempotence=True,
-                    linger_ms=1,
+                    # A few milliseconds let one produce request carry what the relay and the
+                    # DLQ send together; each request is a socket write and a round trip.
+                    linger_ms=5,
                     request_timeout_ms=15000,
                     client_id=self.client_id,
                 )

@@ -128,6 +128,13 @@ graphql_sql_statements = Histogram(
     buckets=(0, 1, 2, 3, 4, 5, 8, 12, 20, 50),
     registry=REGISTRY,
 )
+event_loop_lag_seconds = Histogram(
+    "event_loop_lag_seconds",
+    "How late a 50 ms timer fired on the worker's event loop: the longest slice of work that "
+    "held the loop meanwhile (or a wait for a core).",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
 data_quality_issues = Gauge(
     "data_quality_issues",
     "Rows found by the last full data-quality job run in this process, by check.",

@@ -11,6 +11,7 @@ import asyncpg
 import mode
 from aiokafka import AIOKafkaClient
 
+from exchange_stream.infra import metrics
 from exchange_stream.infra.config import Settings
 from exchange_stream.infra.db import create_pool
 from exchange_stream.infra.kafka import Publisher
@@ -18,6 +19,7 @@ from exchange_stream.infra.sql import q
 from exchange_stream.infra.storage import RawStore, open_store
 
 PROBE_TIMEOUT_S = 3.0
+LAG_PROBE_S = 0.05
 DEPENDENCIES = ("postgres", "kafka", "s3")
 
 
@@ -39,7 +41,9 @@ class Runtime(mode.Service):
 
     async def on_start(self) -> None:
         self._pool = await create_pool(self.settings, max_size=self.settings.pg_pool_size)
-        self._store = await self._stack.enter_async_context(open_store(self.settings))
+        self._store = await self._stack.enter_async_context(
+            open_store(self.settings, recent_bytes=self.settings.raw_cache_mb << 20)
+        )
 
     async def on_stop(self) -> None:
         await self.publisher.stop()
@@ -59,6 +63,16 @@ class Runtime(mode.Service):
         if self._store is None:
             raise NotStarted("raw store")
         return self._store
+
+    @mode.Service.task
+    async def _watch_loop_lag(self) -> None:
+        """How late a short timer fires: the longest CPU slice that held the event loop since
+        the last probe (plus any wait for a core), as ``event_loop_lag_seconds``."""
+        loop = asyncio.get_running_loop()
+        while not self.should_stop:
+            start = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            metrics.event_loop_lag_seconds.observe(max(0.0, loop.time() - start - LAG_PROBE_S))
 
     async def probe(self, dependency: str) -> None:
         """Raise unless ``dependency`` (one of ``DEPENDENCIES``) answers in time."""

@@ -7,9 +7,6 @@ import faust
 from exchange_stream.infra import metrics
 from exchange_stream.pipeline.normalize import Message, Normalizer
 
-NORMALIZER_BATCH = 200
-NORMALIZER_WITHIN_S = 0.02
-
 
 def register(app: faust.App, normalizer: Normalizer) -> None:
     """Declare the normalizer agent on ``app``, reading the topics of ``KAFKA_TOPICS``."""
@@ -27,7 +24,9 @@ def register(app: faust.App, normalizer: Normalizer) -> None:
     async def normalize(stream: faust.StreamT) -> None:
         # take_events acknowledges a batch only when the loop comes back for the next one,
         # that is after process() has put every message in a canonical row or the DLQ.
-        async for events in stream.take_events(NORMALIZER_BATCH, within=NORMALIZER_WITHIN_S):
+        async for events in stream.take_events(
+            settings.normalizer_batch, within=settings.normalizer_within_ms / 1000
+        ):
             batch = [
                 Message(e.message.topic, e.message.partition, e.message.offset, e.message.value)
                 for e in events
