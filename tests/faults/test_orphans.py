@@ -10,17 +10,23 @@ Then the orphans are counted independently (the S3 listing through botocore, min
 ``reconcile`` must report exactly those, ``reconcile --repair`` must resolve each, and the
 invariant holds for the 202s. An orphan whose partner's retry was accepted holds the same bytes as
 that record: the repair marks it ``orphaned`` instead of making it a second canonical row of one
-submission; an orphan with no such twin is re-enqueued (SPEC §8: what can be processed is).
+submission; an orphan with no such twin is re-enqueued (what can be processed is). The test plants
+one of those beside the kills' orphans: a valid request's raw object under a record id no request
+was ever answered with, which the repair must turn into exactly one canonical row.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
 import uuid
 
 import asyncpg
+import orjson
 import pytest
 
+from exchange_stream.core.events import object_key
 from exchange_stream.infra.config import Settings
 from tests.faults.common import (
     FaultRun,
@@ -31,7 +37,8 @@ from tests.faults.common import (
     time_to_recover,
     wait_for_invariant,
 )
-from tests.support import WorkerProcess, eventually
+from tests.payloads import v2_body
+from tests.support import WorkerProcess, eventually, independent_s3_client
 
 VARIANTS = [
     pytest.param(Variant("default", rate=25, seconds=14, faults=2), id="default"),
@@ -44,8 +51,10 @@ async def _kill_between_put_and_commit(
 ) -> int:
     """SIGKILL the worker while its ingest requests wait between their S3 PUT and their COMMIT;
     return how many were waiting."""
+    # A generous timeout: on a slow machine the requests take longer to reach the lock, and a
+    # kill with none waiting strands nothing (asserted below).
     async with stalled(
-        db, worker, "idempotency_keys", "INSERT INTO idempotency_keys", at_least=clients
+        db, worker, "idempotency_keys", "INSERT INTO idempotency_keys", at_least=clients, timeout=60
     ) as waiting:
         worker.kill()
     worker.start()
@@ -61,6 +70,20 @@ async def _reconcile(run: FaultRun, *repair: str) -> dict:
     return report["result"]
 
 
+async def _plant_processable_orphan(run: FaultRun) -> tuple[str, bytes]:
+    """A raw object as ingest writes it (a valid v2 request, under ``<source>/<record id>.json``)
+    with no row anywhere: the same state a kill leaves, but with no accepted twin. Written with
+    botocore, not the service's client. Returns its record id and bytes."""
+    raw = orjson.dumps(v2_body(source=run.source))
+    record_id = str(uuid.uuid4())
+    settings = run.settings
+    async with independent_s3_client(settings) as client:
+        await client.put_object(
+            Bucket=settings.raw_bucket, Key=object_key(run.source, record_id), Body=raw
+        )
+    return record_id, raw
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 async def test_killed_between_s3_write_and_commit_reconcile_finds_and_resolves_every_orphan(
     fault_run: FaultRun, db: asyncpg.Pool, settings: Settings, variant: Variant
@@ -71,16 +94,20 @@ async def test_killed_between_s3_write_and_commit_reconcile_finds_and_resolves_e
     load = run.start_load([worker.base_url])
     await load.wait_accepted(20)
     stranded: list[int] = []
-    recover_s: list[float | None] = []
+    recovering: list[asyncio.Task] = []
     for i in range(variant.faults):
         await run.next_fault(load, i)
         stranded.append(await _kill_between_put_and_commit(db, worker, load.clients))
         back_at = time.time()
-        recover_s.append(await time_to_recover(db, run, load, back_at))
+        # Measured beside the rest of the run: the next fault's moment follows the load, and
+        # waiting here first could make a slow machine miss it.
+        recovering.append(asyncio.create_task(time_to_recover(db, run, load, back_at)))
     await load.finish()
+    recover_s = list(await asyncio.gather(*recovering))
     accepted = load.accepted_ids()
-    before, _ = await wait_for_invariant(db, run.source, accepted, timeout=120)
+    before, _ = await wait_for_invariant(db, run.source, accepted, timeout=300)
     assert before.holds, before.describe()
+    planted, planted_raw = await _plant_processable_orphan(run)
 
     # The orphans, counted without the service: raw objects minus manifest rows.
     listed = await s3_record_ids(settings, run.source)
@@ -91,8 +118,9 @@ async def test_killed_between_s3_write_and_commit_reconcile_finds_and_resolves_e
         )
     }
     orphans = listed - manifest
+    assert planted in orphans
     assert manifest == set(accepted), "a manifest row exactly for each 202"
-    assert len(orphans) >= sum(stranded) > 0, (orphans, stranded)
+    assert len(orphans - {planted}) >= sum(stranded) > 0, (orphans, stranded)
     orphan_uuids = [uuid.UUID(o) for o in orphans]
     assert (
         await db.fetchval(
@@ -116,6 +144,7 @@ async def test_killed_between_s3_write_and_commit_reconcile_finds_and_resolves_e
         [uuid.UUID(a) for a in accepted],
     )
     superseded = {r["id"] for r in twins if r["twin"]}
+    assert planted not in superseded and superseded, "the kills' orphans all have a twin"
     expected = {"orphaned": len(superseded), "reenqueued": len(orphans) - len(superseded)}
     assert report["actions"] == {k: n for k, n in expected.items() if n}, report["actions"]
     # Every orphan resolved: marked orphaned, or re-enqueued and canonical.
@@ -128,8 +157,25 @@ async def test_killed_between_s3_write_and_commit_reconcile_finds_and_resolves_e
     async def all_resolved() -> bool:
         return await db.fetchval(resolved, orphan_uuids) == len(orphans)
 
-    await eventually(all_resolved, timeout=60)
+    await eventually(all_resolved, timeout=180)
     repair_s = round(time.time() - repair_started, 2)
+    # The planted orphan is now one record: one canonical row of its bytes, at its key.
+    sha = hashlib.sha256(planted_raw).hexdigest()
+    rows = await db.fetch(
+        "SELECT record_id::text AS id, raw_object_key FROM canonical_records "
+        "WHERE source = $1 AND raw_sha256 = $2",
+        run.source,
+        sha,
+    )
+    assert [(r["id"], r["raw_object_key"]) for r in rows] == [
+        (planted, object_key(run.source, planted))
+    ]
+    assert (
+        await db.fetchval(
+            "SELECT state FROM raw_object_manifest WHERE record_id = $1", uuid.UUID(planted)
+        )
+        == "canonicalized"
+    )
     orphaned_state = await db.fetchval(
         "SELECT count(*) FROM raw_object_manifest WHERE record_id = ANY($1) AND state = 'orphaned'",
         [uuid.UUID(o) for o in superseded],
@@ -152,6 +198,7 @@ async def test_killed_between_s3_write_and_commit_reconcile_finds_and_resolves_e
         kills=variant.faults,
         stranded_at_kill=stranded,
         orphans_in_s3=len(orphans),
+        orphans_planted_processable=1,
         orphans_found_by_reconcile=len(found["records"]["raw_without_manifest"]),
         orphans_reenqueued=report["actions"].get("reenqueued", 0),
         orphans_marked_orphaned=report["actions"].get("orphaned", 0),
