@@ -57,14 +57,13 @@ async def _cli_with_stderr(*args: str) -> tuple[int, dict, str]:
 async def test_resending_the_id_of_a_failed_command_says_so_and_exits_1(
     worker: WorkerProcess, db: asyncpg.Pool
 ) -> None:
-    # A run that fails on the worker: the contract sets no maximum on stuck_after_s, and a
-    # threshold of 10^16 s puts the manifest check's cut-off before the first timestamp.
+    # A run that fails on the worker: valid params, but no such recipient to rotate.
     command_id = f"cmd-{uuid.uuid4()}"
-    args = ("jobs", "run", "data-quality", "--stuck-after-s", str(10**16))
+    args = ("recipients", "rotate-key", f"none-{uuid.uuid4().hex[:8]}")
     code, first = await run_cli(*args, "--command-id", command_id)
     assert code == 1, first
     assert first["status"] == "failed"
-    assert first["error"]
+    assert first["error"] == "no such recipient"
     code, second, stderr = await _cli_with_stderr(*args, "--command-id", command_id)
     assert code == 1, second
     assert (second["status"], second["previous_status"]) == ("duplicate", "failed")
