@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
+from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -18,6 +20,7 @@ from tests.support import (
     TopicReader,
     WorkerProcess,
     eventually,
+    isolated_worker,
     post_json,
     raw_object_event,
     stack_service,
@@ -47,7 +50,7 @@ async def _stage(db: asyncpg.Pool, record_id: str):
     )
 
 
-async def _dlq_for(reader: TopicReader, key: bytes, timeout: float = 60.0) -> dict:
+async def _dlq_for(reader: TopicReader, key: bytes, timeout: float = 180.0) -> dict:
     messages = await reader.collect(lambda ms: any(m.key == key for m in ms), timeout=timeout)
     ours = [m for m in messages if m.key == key]
     assert len(ours) == 1, f"expected one DLQ message, got {len(ours)}"
@@ -100,7 +103,7 @@ async def test_checksum_mismatch_goes_to_dlq_after_one_attempt(
     async def marked() -> bool:
         return (await _stage(db, rid))["status"] == "dlq"
 
-    await eventually(marked, timeout=10)
+    await eventually(marked, timeout=60)
     attempts = await _attempts(db, rid)
     assert [(a["status"], a["error_type"], a["transient"]) for a in attempts] == [
         ("dlq_published", "ChecksumMismatch", False)
@@ -131,7 +134,7 @@ async def test_unmappable_payload_sent_through_http_goes_to_dlq_once(
         )
         return stage["status"] == "dlq" and manifest == "enqueued"
 
-    await eventually(ledger_matches, timeout=10)
+    await eventually(ledger_matches, timeout=60)
     assert (
         await db.fetchval(
             "SELECT count(*) FROM canonical_records WHERE record_id = $1", uuid.UUID(rid)
@@ -154,7 +157,7 @@ async def test_missing_raw_object_retries_then_dlq(
     async def marked() -> bool:
         return (await _stage(db, rid))["status"] == "dlq"
 
-    await eventually(marked, timeout=10)
+    await eventually(marked, timeout=60)
     attempts = await _attempts(db, rid)
     assert [a["status"] for a in attempts] == (
         ["failed"] * (WORKER_MAX_ATTEMPTS - 1) + ["dlq_published"]
@@ -177,44 +180,47 @@ async def _paused_gauge(http: aiohttp.ClientSession, worker: WorkerProcess) -> f
 
 
 async def test_s3_stopped_pauses_the_normalizer_and_nothing_is_dead_lettered(
-    worker: WorkerProcess,
     db: asyncpg.Pool,
     http: aiohttp.ClientSession,
-    settings: Settings,
     producer: AIOKafkaProducer,
     restore_services: list[str],
+    tmp_path: Path,
 ) -> None:
-    event, value = await raw_object_event(settings, v2_body(source="s3-outage"))
-    rid = event["record_id"]
-    log_lines_before = len(worker.log_text().splitlines())
-    async with TopicReader(settings.broker_list, settings.dlq_topic_for("2")) as reader:
-        restore_services.append("s3")
-        stack_service("s3", "down")
-        await producer.send_and_wait(settings.ingest_topic_for("2"), value, key=rid.encode())
+    # A worker of its own: the session's strict worker shares the test workers' group and reads
+    # S3 through a second server that stays up, so it could take the event and never pause.
+    async with isolated_worker(tmp_path, "s3-outage", db) as worker:
+        settings = Settings.from_env({**os.environ, **worker.env_overrides, "ENV": "local"})
+        event, value = await raw_object_event(settings, v2_body(source="s3-outage"))
+        rid = event["record_id"]
+        log_lines_before = len(worker.log_text().splitlines())
+        async with TopicReader(settings.broker_list, settings.dlq_topic_for("2")) as reader:
+            restore_services.append("s3")
+            stack_service("s3", "down")
+            await producer.send_and_wait(settings.ingest_topic_for("2"), value, key=rid.encode())
 
-        async def paused() -> bool:
-            ready = await _readyz(http, worker)
-            return ready["normalizer"]["waiting_for"] == ["s3"] and "s3" in ready["failing"]
+            async def paused() -> bool:
+                ready = await _readyz(http, worker)
+                return ready["normalizer"]["waiting_for"] == ["s3"] and "s3" in ready["failing"]
 
-        await eventually(paused, timeout=60)
-        assert await _paused_gauge(http, worker) == 1.0
-        # The failed read is in the ledger, as retryable; the record spends no attempt waiting.
-        stage = await _stage(db, rid)
-        assert stage["status"] == "failed_retryable"
-        assert stage["last_error_type"] == "StorageUnavailable"
-        stack_service("s3", "up")
-        restore_services.remove("s3")
-        await wait_canonical(db, [rid], timeout=90)
-        await eventually(lambda: _not_paused(http, worker), timeout=30)
-        # Anything dead-lettered would have been published before the canonical row.
-        later = await reader.collect(lambda ms: False, timeout=1.0)
-    assert not [m for m in later if m.key == rid.encode()]
-    assert (await _stage(db, rid))["status"] == "succeeded"
-    attempts = await _attempts(db, rid)
-    assert attempts[-1]["status"] == "succeeded"
-    assert all(a["error_type"] in (None, "StorageUnavailable") for a in attempts)
-    assert await _paused_gauge(http, worker) == 0.0
-    logged = worker.log_text().splitlines()[log_lines_before:]
+            await eventually(paused, timeout=120)
+            assert await _paused_gauge(http, worker) == 1.0
+            # The failed read is in the ledger, as retryable; the record spends no attempt.
+            stage = await _stage(db, rid)
+            assert stage["status"] == "failed_retryable"
+            assert stage["last_error_type"] == "StorageUnavailable"
+            stack_service("s3", "up")
+            restore_services.remove("s3")
+            await wait_canonical(db, [rid], timeout=180)
+            await eventually(lambda: _not_paused(http, worker), timeout=120)
+            # Anything dead-lettered would have been published before the canonical row.
+            later = await reader.collect_to_end(timeout=120)
+        assert not [m for m in later if m.key == rid.encode()]
+        assert (await _stage(db, rid))["status"] == "succeeded"
+        attempts = await _attempts(db, rid)
+        assert attempts[-1]["status"] == "succeeded"
+        assert all(a["error_type"] in (None, "StorageUnavailable") for a in attempts)
+        assert await _paused_gauge(http, worker) == 0.0
+        logged = worker.log_text().splitlines()[log_lines_before:]
     pauses = [line for line in logged if "normalizer paused" in line and '"s3"' in line]
     resumes = [line for line in logged if "normalizer resumed" in line and '"s3"' in line]
     assert (len(pauses), len(resumes)) == (1, 1), (pauses, resumes)
