@@ -7,13 +7,14 @@ and the normalizer must carry on by themselves once it is back: same worker proc
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 import asyncpg
 import pytest
 
-from tests.faults.common import FaultRun, Variant, conclude, time_to_recover
-from tests.support import stack_service
+from tests.faults.common import FaultRun, Load, Variant, conclude, time_to_recover
+from tests.support import stack_service, wait_for_state
 
 VARIANTS = [
     pytest.param(Variant("default", rate=25, seconds=30, faults=1, outage_s=3), id="default"),
@@ -23,6 +24,28 @@ VARIANTS = [
         marks=pytest.mark.slow,
     ),
 ]
+
+
+WAITING = (
+    "SELECT count(*) FROM outbox_events WHERE published_at IS NULL AND payload->>'source' = $1"
+)
+
+
+async def _accepting_while_down(
+    db: asyncpg.Pool, run: FaultRun, load: Load, down_at: float
+) -> bool:
+    accepted = any(d["accepted_at"] >= down_at for d in load.accepted())
+    return accepted and await db.fetchval(WAITING, run.source) > 0
+
+
+async def _describe_outage(db: asyncpg.Pool, run: FaultRun, load: Load, down_at: float) -> str:
+    lines = load.lines()
+    return (
+        f"load running: {load.running}; 202s since the broker went down: "
+        f"{sum(d['accepted_at'] >= down_at for d in load.accepted())}; "
+        f"outbox rows waiting: {await db.fetchval(WAITING, run.source)}; "
+        f"last load lines: {lines[-3:]}"
+    )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -35,7 +58,7 @@ async def test_kafka_restarted_under_load_every_202_becomes_one_canonical_row(
     pid = worker.proc.pid if worker.proc else None
     load = run.start_load([worker.base_url])
     await load.wait_accepted(20)
-    recover_s: list[float | None] = []
+    recovering: list[asyncio.Task] = []
     outages: list[dict[str, float]] = []
     for i in range(variant.faults):
         await run.next_fault(load, i)
@@ -43,12 +66,16 @@ async def test_kafka_restarted_under_load_every_202_becomes_one_canonical_row(
         stopping_at = time.time()
         await asyncio.to_thread(stack_service, "kafka", "down")
         down_at = time.time()
-        await asyncio.sleep(variant.outage_s)
-        waiting = await db.fetchval(
-            "SELECT count(*) FROM outbox_events WHERE published_at IS NULL "
-            "AND payload->>'source' = $1",
-            run.source,
+        await asyncio.sleep(variant.outage_s)  # the outage's length: the variant's parameter
+        # And until the outage has shown what it is for, however slow the machine: 202s while
+        # the broker is down, their events waiting in the outbox.
+        await wait_for_state(
+            functools.partial(_accepting_while_down, db, run, load, down_at),
+            what="202s with waiting outbox rows while Kafka is down",
+            explain=functools.partial(_describe_outage, db, run, load, down_at),
+            timeout=120,
         )
+        waiting = await db.fetchval(WAITING, run.source)
         starting_at = time.time()
         await asyncio.to_thread(stack_service, "kafka", "up")
         restore_services.remove("kafka")
@@ -61,8 +88,12 @@ async def test_kafka_restarted_under_load_every_202_becomes_one_canonical_row(
                 "outbox_waiting": waiting,
             }
         )
-        recover_s.append(await time_to_recover(db, run, load, back_at))
-    inv, summary = await conclude(db, run, load, recover_s=recover_s, outages=outages)
+        # Measured beside the run: the next outage's moment follows the load, not this wait.
+        recovering.append(asyncio.create_task(time_to_recover(db, run, load, back_at, timeout=300)))
+    recover_s = list(await asyncio.gather(*recovering))
+    inv, summary = await conclude(
+        db, run, load, recover_s=recover_s, outages=outages, settle_timeout=300
+    )
     assert worker.proc is not None and worker.proc.poll() is None
     assert (worker.proc.pid, worker.starts) == (pid, 1), "the worker was never restarted"
     assert "503" not in summary["statuses"], "Kafka down must not stop ingest"

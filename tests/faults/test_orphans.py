@@ -193,6 +193,7 @@ async def test_killed_between_s3_write_and_commit_reconcile_finds_and_resolves_e
         run,
         load,
         recover_s=recover_s,
+        settle_timeout=300,
         also_canonical=orphans - superseded,
         allowed_duplicated=0,
         kills=variant.faults,
