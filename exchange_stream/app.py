@@ -57,11 +57,6 @@ def create_app(settings: Settings) -> ExchangeApp:
         broker_session_timeout=float(settings.kafka_session_timeout_s),
         broker_heartbeat_interval=settings.kafka_session_timeout_s / 5,
         broker_rebalance_timeout=float(settings.kafka_session_timeout_s * 2),
-        # A rebalance commits what is acknowledged and goes on, rather than waiting until every
-        # event in hand is done: a long operator command, or a batch waiting out an S3 outage,
-        # would otherwise hold the whole group and get this worker dropped from it. What was in
-        # hand is delivered again to the partition's new owner; every stage is idempotent.
-        stream_wait_empty=False,
         web_enabled=True,
         web_bind=settings.web_bind,
         web_port=settings.web_port,
