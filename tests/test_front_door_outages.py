@@ -49,9 +49,9 @@ async def test_kafka_down_ingest_still_accepts_and_outbox_drains_once_back(
                 == 0
             )
 
-        await eventually(drained, timeout=90)
+        await eventually(drained, timeout=180)
         wanted = {r.encode() for r in record_ids}
-        messages = await reader.collect(lambda ms: wanted <= {m.key for m in ms}, timeout=30)
+        messages = await reader.collect(lambda ms: wanted <= {m.key for m in ms}, timeout=120)
     counts = collections.Counter(m.key for m in messages if m.key in wanted)
     assert set(counts) == wanted
     assert set(counts.values()) == {1}, "each row published once"

@@ -599,7 +599,7 @@ async def test_duplicate_keys_mean_the_last_one_at_ingest_and_in_the_normalizer(
     )
     status, resp = await _post(http, worker, "/v2/ingest", body)
     assert status == 202, resp
-    (row,) = await wait_canonical(db, [resp["record_id"]])
+    (row,) = await wait_canonical(db, [resp["record_id"]], timeout=180)
     secret = SHARED_WORKER_ENV["TOKENIZER_HMAC_SECRET"]
     expected = Tokenizer(secret).token("Grace", "Hopper", "1906-12-09")
     assert row["normalized"]["patient_token"] == expected

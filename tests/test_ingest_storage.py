@@ -65,7 +65,7 @@ async def _accept_and_check(
         }
 
         messages = await reader.collect(
-            lambda ms: any(m.key == record_id.encode() for m in ms), timeout=30
+            lambda ms: any(m.key == record_id.encode() for m in ms), timeout=120
         )
         ours = [m for m in messages if m.key == record_id.encode()]
         assert len(ours) == 1

@@ -121,7 +121,8 @@ async def test_every_format_reaches_one_canonical_row_with_the_tokenize_token(
         assert status == 200
         accepted.append((resp["record_id"], version, body, tok["patient_token"]))
 
-    rows = {str(r["record_id"]): r for r in await wait_canonical(db, [a[0] for a in accepted])}
+    canonical = await wait_canonical(db, [a[0] for a in accepted], timeout=180)
+    rows = {str(r["record_id"]): r for r in canonical}
     for record_id, version, body, token in accepted:
         row = rows[record_id]
         kind = body.get("record_kind") or body["record_type"]
@@ -185,7 +186,7 @@ async def test_fhir_rows_carry_no_patient_identifier(
         status, resp, _ = await post_json(http, f"{worker.base_url}/v2/ingest", body, key=new_key())
         assert status == 202, resp
         ids.append(resp["record_id"])
-    rows = await wait_canonical(db, ids)
+    rows = await wait_canonical(db, ids, timeout=180)
     by_id = {str(r["record_id"]): r for r in rows}
     for record_id, rec in zip(ids, records, strict=True):
         text = orjson.dumps(by_id[record_id]["normalized"]).decode().lower()
