@@ -26,6 +26,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,6 +52,8 @@ class OpenLoopResult:
     server_cpu_pct: float | None = None
     machine_busy_pct: float | None = None
     label: str = ""
+    # Epoch seconds of the first due time: the load window is [started_at, started_at + seconds).
+    started_at: float = 0.0
 
     @property
     def ok_per_second(self) -> float:
@@ -90,9 +93,9 @@ async def _client(args: argparse.Namespace, bodies: list[bytes]) -> dict[str, ob
     late: list[float] = []
     outcomes: Counter[str] = Counter()
     loop = asyncio.get_running_loop()
-    interval = 1.0 / args.rate
+    interval = 1.0 / args.rate  # between two sends of this process: N / total rate
     # Process i of N sends at (k * N + i) / total rate: the processes interleave evenly.
-    first_due = loop.time() + (args.start_at - time.time()) + args.phase * interval
+    first_due = loop.time() + (args.start_at - time.time()) + args.phase * interval / args.processes
     count = int(args.duration * args.rate)
 
     connector = aiohttp.TCPConnector(limit=args.connections)
@@ -118,7 +121,7 @@ async def _client(args: argparse.Namespace, bodies: list[bytes]) -> dict[str, ob
 
         tasks: set[asyncio.Task[None]] = set()
         for k in range(count):
-            due = first_due + k * interval * args.processes
+            due = first_due + k * interval
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -152,7 +155,7 @@ def _child_main(argv: list[str]) -> None:
 
 
 def run_openloop(
-    url: str,
+    url: str | Sequence[str],
     *,
     rate: float,
     duration_s: float,
@@ -162,11 +165,15 @@ def run_openloop(
     timeout_s: float = 30.0,
     server_pids: list[int] | None = None,
     label: str = "",
+    start_at: float | None = None,
 ) -> OpenLoopResult:
     """Send ``rate`` requests/s to ``url`` for ``duration_s`` from ``processes`` processes.
 
-    ``url`` is the endpoint itself (e.g. ``http://127.0.0.1:8080/v2/ingest``). Requests still
-    running ``timeout_s`` after the schedule ends are counted as ``unfinished``.
+    ``url`` is the endpoint itself (e.g. ``http://127.0.0.1:8080/v2/ingest``), or several
+    endpoints: client process i sends to ``url[i % len(url)]``, so with a multiple of their
+    number as ``processes`` the load is spread evenly. Requests still running ``timeout_s``
+    after the schedule ends are counted as ``unfinished``. ``start_at`` (epoch seconds) is the
+    first due time, by default 1.5 s from now; a caller that sets it knows the load window.
     """
     from wrk import CpuMeter
 
@@ -174,9 +181,13 @@ def run_openloop(
         import aiohttp  # noqa: F401  (the children need it; fail here with a hint)
     except ImportError:
         raise SystemExit(INSTALL_HINT) from None
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise ValueError("no URL to send to")
     prefix = f"open-{uuid.uuid4().hex[:12]}"
-    # Time for the children to import aiohttp and read the bodies before the first due time.
-    start_at = time.time() + 1.5
+    if start_at is None:
+        # Time for the children to import aiohttp and read the bodies before the first due time.
+        start_at = time.time() + 1.5
     procs = []
     outputs = []
     meter = CpuMeter(server_pids or [])
@@ -188,7 +199,8 @@ def run_openloop(
             sys.executable,
             str(Path(__file__).resolve()),
             "--child",
-            *("--url", url, "--bodies", str(bodies_path), "--prefix", f"{prefix}-p{i}"),
+            *("--url", urls[i % len(urls)], "--prefix", f"{prefix}-p{i}"),
+            *("--bodies", str(bodies_path)),
             *("--rate", f"{rate / processes!r}", "--duration", str(duration_s)),
             *("--start-at", repr(start_at), "--timeout", str(timeout_s)),
             *("--drain", str(timeout_s), "--phase", str(i), "--processes", str(processes)),
@@ -221,7 +233,7 @@ def run_openloop(
     ok = outcomes.pop("ok", 0)
     server = [v for v in per_pid.values() if v is not None]
     return OpenLoopResult(
-        url=url,
+        url=",".join(urls),
         target_rate=rate,
         processes=processes,
         seconds=duration_s,
@@ -235,6 +247,7 @@ def run_openloop(
         server_cpu_pct=sum(server) if server else None,
         machine_busy_pct=machine,
         label=label,
+        started_at=start_at,
     )
 
 
