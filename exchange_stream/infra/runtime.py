@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from typing import Any
 
 import asyncpg
@@ -20,6 +21,8 @@ from exchange_stream.infra.storage import RawStore, open_store
 
 PROBE_TIMEOUT_S = 3.0
 LAG_PROBE_S = 0.05
+STARTUP_SETTLE_S = 10.0
+GC_YOUNG_THRESHOLD = 10_000
 DEPENDENCIES = ("postgres", "kafka", "s3")
 
 
@@ -63,6 +66,17 @@ class Runtime(mode.Service):
         if self._store is None:
             raise NotStarted("raw store")
         return self._store
+
+    @mode.Service.task
+    async def _freeze_startup_objects(self) -> None:
+        """Once the worker has settled, move everything alive to the permanent generation: a
+        full collection then walks only what requests made since, which took it from 40-60 ms
+        to a few ms under load (a full collection runs every second or so), and young
+        collections run less often."""
+        await self.sleep(STARTUP_SETTLE_S)
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
     @mode.Service.task
     async def _watch_loop_lag(self) -> None:

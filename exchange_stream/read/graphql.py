@@ -44,6 +44,7 @@ from graphql import (
 from exchange_stream.core.timefmt import rfc3339
 from exchange_stream.infra.contracts import CONTRACTS_DIR
 from exchange_stream.infra.sql import q
+from exchange_stream.read.plan import Fallback, Plan, compile_plan, run_plan
 from exchange_stream.read.tokens import RecipientTokenService
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ def executable_schema(path: Path = SCHEMA_PATH) -> GraphQLSchema:
         query.fields[name].resolve = resolver
     value = schema.type_map["LabValue"]
     value.resolve_type = _lab_value_type  # type: ignore[attr-defined]
+    for listed in ("Encounter", "Claim", "LabResult"):
+        schema.type_map[listed].fields["cursor"].resolve = _cursor_field  # type: ignore[attr-defined]
     return schema
 
 
@@ -144,7 +147,7 @@ def _codes(values: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     return list(values or [])
 
 
-def encounter(obj: dict[str, Any], token: str, cursor: str) -> dict[str, Any]:
+def encounter(obj: dict[str, Any], token: str, position: Position) -> dict[str, Any]:
     return {
         "encounterId": obj["encounter_id"],
         "patientToken": token,
@@ -153,11 +156,11 @@ def encounter(obj: dict[str, Any], token: str, cursor: str) -> dict[str, Any]:
         "dischargeTime": obj.get("discharge_time"),
         "encounterClass": obj.get("encounter_class"),
         "diagnosisCodes": _codes(obj.get("diagnosis_codes")),
-        "cursor": cursor,
+        "_position": position,
     }
 
 
-def claim(obj: dict[str, Any], token: str, cursor: str) -> dict[str, Any]:
+def claim(obj: dict[str, Any], token: str, position: Position) -> dict[str, Any]:
     return {
         "claimId": obj["claim_id"],
         "patientToken": token,
@@ -166,11 +169,11 @@ def claim(obj: dict[str, Any], token: str, cursor: str) -> dict[str, Any]:
         "totalCharge": obj.get("total_charge"),
         "procedureCodes": _codes(obj.get("procedure_codes")),
         "diagnosisCodes": _codes(obj.get("diagnosis_codes")),
-        "cursor": cursor,
+        "_position": position,
     }
 
 
-def lab_result(obj: dict[str, Any], token: str, cursor: str) -> dict[str, Any]:
+def lab_result(obj: dict[str, Any], token: str, position: Position) -> dict[str, Any]:
     value = obj.get("value")
     return {
         "resultId": obj["result_id"],
@@ -180,11 +183,19 @@ def lab_result(obj: dict[str, Any], token: str, cursor: str) -> dict[str, Any]:
         "referenceRange": obj.get("reference_range"),
         "collectedAt": obj.get("collected_at"),
         "status": obj.get("status"),
-        "cursor": cursor,
+        "_position": position,
     }
 
 
-_SHAPE: dict[str, Callable[[dict[str, Any], str, str], dict[str, Any]]] = {
+Position = tuple[datetime, uuid.UUID]
+
+
+def _cursor_field(item: dict[str, Any], *_: Any) -> str:
+    # Encoded only when a query selects ``cursor``: most lists are read without it.
+    return encode_cursor(*item["_position"])
+
+
+_SHAPE: dict[str, Callable[[dict[str, Any], str, Position], dict[str, Any]]] = {
     "encounter": encounter,
     "claim": claim,
     "lab_result": lab_result,
@@ -232,9 +243,7 @@ def _per_patient(kind: str) -> Callable[..., Any]:
         if not rows:
             return []
         (token,) = await req.tokens_for([master])
-        return [
-            shape(r["object"], token, encode_cursor(r["ingested_at"], r["record_id"])) for r in rows
-        ]
+        return [shape(r["object"], token, (r["ingested_at"], r["record_id"])) for r in rows]
 
     return resolve
 
@@ -261,7 +270,7 @@ async def _records(
     tokens = await req.tokens_for([r["normalized"].get("patient_token") or "" for r in rows])
     items = []
     for r, token in zip(rows, tokens, strict=True):
-        cursor = encode_cursor(r["ingested_at"], r["record_id"])
+        position = (r["ingested_at"], r["record_id"])
         record_kind = r["record_kind"]
         item: dict[str, Any] = {
             "recordId": str(r["record_id"]),
@@ -278,7 +287,7 @@ async def _records(
         }
         obj = r["normalized"].get(record_kind)
         if record_kind in _SHAPE and isinstance(obj, dict):
-            item[_FIELD_OF_KIND[record_kind]] = _SHAPE[record_kind](obj, token, cursor)
+            item[_FIELD_OF_KIND[record_kind]] = _SHAPE[record_kind](obj, token, position)
         items.append(item)
     last = rows[-1] if rows else None
     next_cursor = encode_cursor(last["ingested_at"], last["record_id"]) if more and last else None
@@ -301,6 +310,7 @@ _ROOT_RESOLVERS: dict[str, Callable[..., Any]] = {
 class Prepared:
     document: DocumentNode | None
     errors: tuple[GraphQLError, ...]
+    plan: Plan | None = None
 
 
 class Documents:
@@ -327,7 +337,8 @@ class Documents:
             errors = graphql.validate(self.schema, document, self.rules, max_errors=10)
             if not errors:
                 errors = _bounds(document)
-            prepared = Prepared(None if errors else document, tuple(errors))
+            plan = None if errors else compile_plan(self.schema, document)
+            prepared = Prepared(None if errors else document, tuple(errors), plan)
         self._cache[text] = prepared
         if len(self._cache) > self.size:
             self._cache.popitem(last=False)
@@ -398,6 +409,11 @@ async def execute(
     prepared = documents.prepare(text)
     if prepared.document is None:
         return {"errors": [_public(e) for e in prepared.errors]}
+    if prepared.plan is not None and operation_name in (None, _name_of(prepared.plan)):
+        try:
+            return await run_plan(documents.schema, prepared.plan, request, variables)
+        except Fallback:
+            pass  # graphql-core answers it in full, errors included
     outcome = graphql.execute(
         documents.schema,
         prepared.document,
@@ -411,6 +427,10 @@ async def execute(
     if result.errors:
         response["errors"] = [_public(e) for e in result.errors]
     return response
+
+
+def _name_of(plan: Plan) -> str | None:
+    return plan.operation.name.value if plan.operation.name else None
 
 
 def _public(error: GraphQLError) -> dict[str, Any]:
