@@ -57,6 +57,10 @@ def create_app(settings: Settings) -> ExchangeApp:
         broker_session_timeout=float(settings.kafka_session_timeout_s),
         broker_heartbeat_interval=settings.kafka_session_timeout_s / 5,
         broker_rebalance_timeout=float(settings.kafka_session_timeout_s * 2),
+        # A broker just restarted may answer before it has loaded its topics: a rebalance then
+        # assigns nothing, and only a metadata refresh showing the topics makes the group rejoin.
+        # Faust's default refresh (5 min) left the normalizer idle that long.
+        consumer_metadata_max_age_ms=10_000,
         web_enabled=True,
         web_bind=settings.web_bind,
         web_port=settings.web_port,

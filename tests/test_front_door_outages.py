@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import collections
+import uuid
 
 import aiohttp
 import asyncpg
 
 from exchange_stream.infra.config import Settings
+from tests.conftest import SHARED_WORKER_ENV
+from tests.faults.common import describe_group
 from tests.payloads import new_key, v2_body
-from tests.support import TopicReader, WorkerProcess, eventually, post_json, stack_service
+from tests.support import (
+    TopicReader,
+    WorkerProcess,
+    eventually,
+    post_json,
+    stack_service,
+    wait_for_state,
+)
 
 PENDING = "SELECT count(*) FROM outbox_events WHERE key = ANY($1) AND published_at IS NULL"
 
@@ -55,6 +65,24 @@ async def test_kafka_down_ingest_still_accepts_and_outbox_drains_once_back(
     counts = collections.Counter(m.key for m in messages if m.key in wanted)
     assert set(counts) == wanted
     assert set(counts.values()) == {1}, "each row published once"
+
+    # And the normalizer consumes again by itself: the group takes the topics back. (A rebalance
+    # while the restarted broker had not loaded its topics once assigned nothing until the next
+    # metadata refresh, 5 minutes later; the deadline is generous but well under that.)
+    async def canonical() -> bool:
+        n = await db.fetchval(
+            "SELECT count(*) FROM canonical_records WHERE record_id = ANY($1)",
+            [uuid.UUID(r) for r in record_ids],
+        )
+        return n == len(record_ids)
+
+    topics = [settings.ingest_topic_for(v) for v in ("1", "2")]
+    await wait_for_state(
+        canonical,
+        what="the records accepted while Kafka was down, canonical",
+        explain=lambda: describe_group(settings, SHARED_WORKER_ENV["APP_ID"], topics),
+        timeout=120,
+    )
     assert worker.proc.poll() is None
 
 
