@@ -92,6 +92,13 @@ normalizer_batch_size = Histogram(
     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500),
     registry=REGISTRY,
 )
+normalizer_batch_seconds = Histogram(
+    "normalizer_batch_seconds",
+    "Time one normalizer batch took, from its events in hand to every record canonical or "
+    "dead-lettered.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 normalizer_consumer_lag = Gauge(
     "normalizer_consumer_lag",
     "Messages behind the partition's high watermark, as of the last batch.",

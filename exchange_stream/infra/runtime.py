@@ -31,12 +31,17 @@ class NotStarted(RuntimeError):
 
 
 class Runtime(mode.Service):
-    """Owns the pool, the S3 client and the Kafka publisher; agents, views and the relay
-    borrow them."""
+    """Owns the pools, the S3 client and the Kafka publisher; agents, views and the relay
+    borrow them.
+
+    Two Postgres pools: ``pool`` serves requests (ingest holds a connection across its S3
+    write, so a burst can take them all), ``work_pool`` the background stages and operations
+    (normalizer, relay, control plane), which a burst of requests must never leave waiting."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.settings = settings
         self._pool: asyncpg.Pool | None = None
+        self._work_pool: asyncpg.Pool | None = None
         self._store: RawStore | None = None
         self._stack = contextlib.AsyncExitStack()
         self.publisher = Publisher(settings, client_id=f"{settings.app_id}-publisher")
@@ -44,6 +49,9 @@ class Runtime(mode.Service):
 
     async def on_start(self) -> None:
         self._pool = await create_pool(self.settings, max_size=self.settings.pg_pool_size)
+        self._work_pool = await create_pool(
+            self.settings, max_size=self.settings.pg_work_pool_size
+        )
         self._store = await self._stack.enter_async_context(
             open_store(self.settings, recent_bytes=self.settings.raw_cache_mb << 20)
         )
@@ -51,15 +59,22 @@ class Runtime(mode.Service):
     async def on_stop(self) -> None:
         await self.publisher.stop()
         await self._stack.aclose()
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        for pool in (self._pool, self._work_pool):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._work_pool = None
 
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise NotStarted("postgres pool")
         return self._pool
+
+    @property
+    def work_pool(self) -> asyncpg.Pool:
+        if self._work_pool is None:
+            raise NotStarted("postgres work pool")
+        return self._work_pool
 
     @property
     def store(self) -> RawStore:
@@ -95,7 +110,7 @@ class Runtime(mode.Service):
 
 
 async def _probe_postgres(runtime: Runtime) -> None:
-    async with runtime.pool.acquire(timeout=PROBE_TIMEOUT_S) as conn:
+    async with runtime.work_pool.acquire(timeout=PROBE_TIMEOUT_S) as conn:
         await conn.fetchval(q("health_ping"))
 
 

@@ -297,6 +297,6 @@ def register(app: faust.App, runtime: Runtime) -> None:
             if plane is None:
                 # The runtime's resources exist once the worker has started.
                 plane = ControlPlane(
-                    OpsContext(settings, runtime.pool, runtime.store, runtime.publisher)
+                    OpsContext(settings, runtime.work_pool, runtime.store, runtime.publisher)
                 )
             await plane.handle(value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import faust
 
 from exchange_stream.infra import metrics
@@ -32,7 +34,9 @@ def register(app: faust.App, normalizer: Normalizer) -> None:
                 for e in events
             ]
             metrics.normalizer_batch_size.observe(len(batch))
+            started = time.perf_counter()
             await normalizer.process(batch)
+            metrics.normalizer_batch_seconds.observe(time.perf_counter() - started)
             _observe_lag(app, events)
 
 

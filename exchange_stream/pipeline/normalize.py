@@ -358,7 +358,7 @@ class Normalizer:
         if wait:
             await self._db("execute", *args)
         else:
-            async with self.runtime.pool.acquire() as conn:
+            async with self.runtime.work_pool.acquire() as conn:
                 await conn.execute(*args)
 
     async def _db(self, method: str, *args: Any) -> Any:
@@ -366,7 +366,7 @@ class Normalizer:
         progress is possible without the ledger, and the offsets stay where they are)."""
         while True:
             try:
-                async with self.runtime.pool.acquire() as conn:
+                async with self.runtime.work_pool.acquire() as conn:
                     return await getattr(conn, method)(*args)
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
                 # Two batches holding one record (a replay beside a redelivery, say) locked its

@@ -97,7 +97,7 @@ class OutboxRelay(mode.Service):
         return total
 
     async def _publish_batch(self) -> int:
-        async with self.runtime.pool.acquire() as conn, conn.transaction():
+        async with self.runtime.work_pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(q("outbox_claim"), self.batch_size)
             if not rows:
                 return 0
@@ -160,7 +160,7 @@ class OutboxRelay(mode.Service):
         if isinstance(exc, PublishFailed):
             # The rows stay pending and due; note the attempt on them, best effort.
             try:
-                async with self.runtime.pool.acquire() as conn:
+                async with self.runtime.work_pool.acquire() as conn:
                     await conn.execute(q("outbox_mark_failed"), exc.ids, exc.error_type)
             except Exception:
                 log.warning("could not record outbox failure", exc_info=True)
@@ -203,7 +203,7 @@ class OutboxRelay(mode.Service):
         if now - self._pending_checked_at < 1.0:
             return
         self._pending_checked_at = now
-        async with self.runtime.pool.acquire() as conn:
+        async with self.runtime.work_pool.acquire() as conn:
             counts = await conn.fetchrow(q("outbox_pending_count"))
         metrics.outbox_pending.set(counts["pending"])
         metrics.outbox_waiting_retry.set(counts["waiting_retry"])
