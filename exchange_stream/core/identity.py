@@ -1,4 +1,4 @@
-"""Patient tokenization: canonicalise identity, then keyed HMAC-SHA256 (SPEC §4).
+"""Patient tokenization: canonicalise identity, then keyed HMAC-SHA256 (docs/API.md).
 
 Tokens must stay byte-identical with the deployed tokenizer, whose rules differ from Python's
 standard library in four places, each handled explicitly below: the whitespace set, simple

@@ -1,4 +1,4 @@
-"""Reconcile: compare raw objects, the manifest and canonical rows of a source (SPEC §8).
+"""Reconcile: compare raw objects, the manifest and canonical rows of a source.
 
 The S3 listing is loaded page by page into a temporary table, so every comparison is one SQL
 statement whatever the source's size. With ``repair``, what can still be processed is re-enqueued

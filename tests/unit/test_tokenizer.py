@@ -1,4 +1,4 @@
-"""Tokenizer canonicalisation and HMAC, as pure functions (SPEC §4)."""
+"""Tokenizer canonicalisation and HMAC, as pure functions."""
 
 from __future__ import annotations
 
