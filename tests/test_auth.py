@@ -1,4 +1,4 @@
-"""Authentication on ingest and tokenize (docs/API.md): strict JWTs; `Bearer dev` only when local."""
+"""Authentication on ingest and tokenize (docs/API.md): strict JWTs; `Bearer dev` when local."""
 
 from __future__ import annotations
 
