@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import faust
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from mode import ServiceT
 
 from exchange_stream.core.identity import Tokenizer
@@ -41,8 +42,32 @@ class ExchangeApp(faust.App):
         routes.install(web.web_app, self.web_context)
 
 
+def _cap_fetch_wait(max_wait_ms: int) -> None:
+    """Cap how long the worker's Kafka fetches wait for data (Faust fixes it at 1.5 s).
+
+    aiokafka leaves a partition out of the next fetch while it still holds unread records of it;
+    when that fetch then waits for data on the other partitions, records arriving meanwhile on
+    the left-out one wait with it. Under steady load the normalizer saw its events up to 1.5 s
+    late (about 1 s at the median) at 400 req/s, 60 ms at the median with a 100 ms cap. The cap
+    costs an empty fetch every ``max_wait_ms`` when there is nothing to read.
+    """
+    create = AIOKafkaConsumerThread._create_worker_consumer
+
+    if getattr(create, "capped_fetch_wait", None) == max_wait_ms:
+        return
+
+    def create_capped(self: AIOKafkaConsumerThread, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = max_wait_ms  # read by the fetcher when it starts
+        return consumer
+
+    create_capped.capped_fetch_wait = max_wait_ms  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._create_worker_consumer = create_capped  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings) -> ExchangeApp:
     """Build the worker's app for ``settings``."""
+    _cap_fetch_wait(settings.kafka_fetch_max_wait_ms)
     app = ExchangeApp(
         settings.app_id,
         broker=";".join(f"kafka://{b}" for b in settings.broker_list),

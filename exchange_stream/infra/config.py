@@ -81,6 +81,7 @@ class Settings:
     raw_cache_mb: int = 64
     outbox_linger_ms: int = 5
     kafka_session_timeout_s: int = 10
+    kafka_fetch_max_wait_ms: int = 100
     recipient_cache_ttl_s: float = 5.0
     # GraphQL introspection: on by default only with ENV=local (GRAPHQL_INTROSPECTION=0/1).
     graphql_introspection: bool = True
@@ -219,6 +220,7 @@ class Settings:
             raw_cache_mb=get_int("RAW_CACHE_MB", 64, 0),
             outbox_linger_ms=get_int("OUTBOX_LINGER_MS", 5, 0),
             kafka_session_timeout_s=get_int("KAFKA_SESSION_TIMEOUT_S", 10, 6),
+            kafka_fetch_max_wait_ms=get_int("KAFKA_FETCH_MAX_WAIT_MS", 100, 1),
             recipient_cache_ttl_s=get_float("RECIPIENT_CACHE_TTL_S", 5.0, 0.0),
             graphql_introspection=get_bool("GRAPHQL_INTROSPECTION", get("ENV", "local") == "local"),
             control_heartbeat_s=get_float("CONTROL_HEARTBEAT_S", 10.0, 0.1),
