@@ -9,8 +9,10 @@ sentinel is searched for, case-insensitively, in: both workers' log files, every
 DLQ topics and both ingested-event topics since the test began (less the raw events this test
 injects), every row of every table in the database (ledger, audit, job runs, idempotency keys,
 outbox, canonical rows, manifest, derived index...), both workers' /metrics, every HTTP body
-received, and the logs of the stack the run uses (Postgres, Kafka, S3 under ``STACK_DIR``), each of
-which must have lines to scan. Zero hits is the pass.
+received (the read API's answers and errors for this test's records included: they must also hold
+no master token, and the recipient tokens in them must appear in no log), and the logs of the
+stack the run uses (Postgres, Kafka, S3 under ``STACK_DIR``), each of which must have lines to
+scan. Zero hits is the pass.
 
 Sentinels: given and family names ``Zq<tag>given`` / ``Zq<tag>family``, an 11-digit SSN (searched
 as digits and as sent, with dashes), and free text ``Zq<tag>note`` in payload fields that are not
@@ -27,8 +29,8 @@ Not used: stopping S3 to cause the transient failure. Other engineers' tests sha
 a missing raw object stands in for it: the same retry, ledger and DLQ path, without an outage.
 
 Positive controls keep the scan honest: the raw objects in S3 do hold the sentinels (the raw body
-is kept whole by design), the logs scanned do mention this test's record ids, and the DLQ messages
-scanned include this test's.
+is kept whole by design), the logs scanned do mention this test's dead-lettered record ids, and
+the DLQ messages scanned include this test's.
 """
 
 from __future__ import annotations
@@ -371,6 +373,44 @@ async def test_no_patient_identifier_leaves_the_raw_store(
     )
     assert first_dlq == WORKER_MAX_ATTEMPTS
 
+    # --- the read API: what a recipient receives, answers and errors -------------------------
+    graphql_url = f"{worker.base_url}/graphql"
+    first = len(ex.bodies)
+    status, page = await ex.post(
+        graphql_url,
+        {
+            "query": "query ($s: String) { records(source: $s, first: 50) { items { recordId "
+            "patientToken kind encounter { encounterId facilityId admitTime } claim { claimId "
+            "payerId totalCharge { amount } } labResult { resultId status value { __typename "
+            "... on Quantity { quantity unit } ... on QualitativeResult { result } } } } "
+            "nextCursor } }",
+            "variables": {"s": source},
+        },
+    )
+    assert status == 200 and page["data"]["records"]["items"], page
+    recipient_tokens = {i["patientToken"] for i in page["data"]["records"]["items"]}
+    for token in sorted(recipient_tokens):
+        status, _ = await ex.post(
+            graphql_url,
+            {
+                "query": "query ($t: ID!) { patient(patientToken: $t) { patientToken dob } "
+                "encounters(patientToken: $t) { encounterId cursor } claims(patientToken: $t) "
+                "{ claimId } labResults(patientToken: $t) { resultId } }",
+                "variables": {"t": token},
+            },
+        )
+        assert status == 200
+    for query, token in (
+        ("{ records(first: 501) { nextCursor } }", "dev"),
+        ('{ records(after: "x") { nextCursor } }', "dev"),
+        (f'{{ encounters(patientToken: "{s.given}") {{ encounterId }} }}', "dev"),
+        ("{ records { items { nope } } }", "dev"),
+        ("{ records { nextCursor } }", None),
+    ):
+        await ex.post(graphql_url, {"query": query}, token=token)
+    graphql_bodies = [b.decode(errors="replace") for b in ex.bodies[first:]]
+    masters = {row["normalized"]["patient_token"] for row in rows}
+
     for w in (worker, strict_worker):
         await ex.get_text(f"{w.base_url}/metrics")
 
@@ -379,7 +419,8 @@ async def test_no_patient_identifier_leaves_the_raw_store(
         raw = await s3_read_independently(settings, row["raw_object_key"])
         assert set(s.hits(raw.decode())) >= {s.given, s.family, s.ssn, s.note, DOB}
     logs = {"worker log": worker.log_text(), "strict worker log": strict_worker.log_text()}
-    assert any(canonical_ids[0] in text for text in logs.values())
+    # The log lines of this test's records are there (a dead letter is logged with its id).
+    assert any(str(rid) in text for rid in dead_ids for text in logs.values())
 
     # --- the scan ---------------------------------------------------------------------------
     # The stack this run uses (STACK_DIR), each of its services' logs, and lines in every one:
@@ -414,6 +455,16 @@ async def test_no_patient_identifier_leaves_the_raw_store(
         leaks += hits
     assert leaks == []
     assert len(found) >= len(canonical_ids)  # the scan query does find what is there
+
+    # A recipient never receives a master token; a recipient's tokens are never logged.
+    assert recipient_tokens and all(t.startswith("rt1.local-dev.") for t in recipient_tokens)
+    assert not [b[:300] for b in graphql_bodies for m in masters if m in b]
+    assert not [
+        (name, line[:300])
+        for name, text in logs.items()
+        for line in text.splitlines()
+        if any(t in line for t in recipient_tokens)
+    ]
 
     # idempotency_keys.response holds the two ids and nothing else.
     responses = await db.fetch(
