@@ -102,7 +102,7 @@ class WorkerProcess:
         )
         self.starts += 1
 
-    async def wait_healthy(self, timeout: float = 60.0) -> None:
+    async def wait_healthy(self, timeout: float = 120.0) -> None:
         async def healthy() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(
@@ -222,7 +222,7 @@ class TopicReader:
         return messages
 
 
-async def wait_canonical(db, record_ids: list[str], timeout: float = 60.0) -> list:
+async def wait_canonical(db, record_ids: list[str], timeout: float = 120.0) -> list:
     """Wait until every record id has a canonical row; return the rows."""
     import uuid as _uuid
 
@@ -287,7 +287,7 @@ async def run_cli(
 
 
 async def wait_offsets_committed(
-    db, settings, record_ids: list[str], group: str, timeout: float = 30.0
+    db, settings, record_ids: list[str], group: str, timeout: float = 60.0
 ) -> None:
     """Wait until the consumer group has committed past every record's event, so that no
     redelivery of those events can follow (a rebalance re-delivers what is not committed)."""

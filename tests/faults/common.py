@@ -457,7 +457,7 @@ async def stalled(
     statement: str,
     *,
     at_least: int = 1,
-    timeout: float = 5.0,
+    timeout: float = 15.0,
     hold_s: float = 0.0,
 ) -> AsyncIterator[int]:
     """Hold an EXCLUSIVE lock on ``table``, so that ``worker``'s statements containing
