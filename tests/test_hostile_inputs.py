@@ -5,7 +5,7 @@ Three parts, cheapest first:
 1. Hypothesis properties of the tokenizer's canonicalisation (pure functions): idempotence,
    White_Space and case invariance, U+001C..U+001F kept, ASCII-only SSN digits, strict dates, and
    that no input whatsoever raises anything but ``IdentityError``. The oracles are written from
-   SPEC §4 here, not imported from the module under test.
+   docs/API.md here, not imported from the module under test.
 2. JWTs built to get past verification, against the strict (ENV=staging) worker on every
    authenticated route: each is 401 ``{"error":"unauthorized"}`` and stores nothing.
 3. Oversized, deeply nested, malformed and mislabelled bodies, and non-UTF-8 header bytes, against
@@ -49,7 +49,7 @@ from tests.support import WorkerProcess, post_json, wait_canonical
 # 1. Tokenizer properties
 # --------------------------------------------------------------------------------------------
 
-# SPEC §4, written out again as the oracle: the Unicode White_Space property.
+# docs/API.md, written out again as the oracle: the Unicode White_Space property.
 WHITE_SPACE = (
     "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
     "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"

@@ -1,4 +1,5 @@
--- The tables of SPEC §7. Names and columns are contract: later migrations add, never rename.
+-- The core tables (docs/CONTRACT.md §5). Names and columns are contract: later migrations add,
+-- never rename.
 
 CREATE TABLE idempotency_keys (
     key             text PRIMARY KEY,
