@@ -62,7 +62,7 @@ from tests.support import (
 )
 
 DOB = "1903-07-19"
-# Fields of canonical objects that hold dates or times (docs/CONTRACT.md §4), and so may hold 1903-07-19.
+# Fields of canonical objects holding dates or times (docs/CONTRACT.md §4): may hold 1903-07-19.
 DATE_FIELDS = {"admit_time", "discharge_time", "service_date", "collected_at", "normalized_at"}
 STACK_SERVICES = ("postgres", "kafka", "s3")  # scripts/stack.sh: each logs to <STACK_DIR>/logs
 INJECTED = b"privacy-scan-injected"  # key of the raw, sentinel-bearing messages this test produces

@@ -1,4 +1,4 @@
-"""Fault: the worker killed between a request's S3 write and its commit (the contract's known boundary).
+"""Fault: the worker killed between a request's S3 write and its commit (the known boundary).
 
 The crash is real, not simulated: the test takes an EXCLUSIVE lock on ``idempotency_keys``, so
 every ingest request of the load stops at its one INSERT statement, after its raw object was
