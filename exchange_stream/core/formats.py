@@ -130,6 +130,21 @@ def for_label(label: str) -> IngestFormat:
     return _BY_LABEL[label]
 
 
+class FormatUnknown(ValueError):
+    """A label that names no format: ``field`` names where it was given, ``wants`` the labels."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+        self.wants = "one of " + ", ".join(_BY_LABEL)
+        super().__init__(f"invalid field: {field} ({self.wants})")
+
+
+def check_label(label: str, field: str) -> None:
+    """Raise ``FormatUnknown`` unless ``label`` is a format's (``v1``, ``v2``...)."""
+    if label not in _BY_LABEL:
+        raise FormatUnknown(field)
+
+
 def infer(body: object) -> IngestFormat | None:
     """The format a raw body has, newest first; None when it has none (never a guess)."""
     for fmt in reversed(FORMATS):

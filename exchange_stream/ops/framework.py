@@ -27,6 +27,7 @@ from typing import Any
 
 import asyncpg
 
+from exchange_stream.core.formats import FormatUnknown
 from exchange_stream.infra.config import Settings
 from exchange_stream.infra.contracts import ContractViolation, command_params, command_schema
 from exchange_stream.infra.db import create_pool
@@ -93,7 +94,13 @@ class Operation:
         except ContractViolation as exc:
             raise ParamsInvalid(exc.explained(), exc) from None
         if self.check is not None:
-            self.check(effective)
+            try:
+                self.check(effective)
+            except ParamsInvalid:
+                raise
+            except FormatUnknown as exc:
+                violation = ContractViolation(exc.field, "invalid", exc.wants)
+                raise ParamsInvalid(str(exc), violation) from None
         return effective
 
 

@@ -204,10 +204,10 @@ async def _apply(
         )
         if enqueue is not None:
             await conn.execute(
-                q("reconcile_enqueue"),
-                ctx.settings.ingest_topic_for(enqueue.version),
-                str(record_id),
-                enqueue.to_dict(),
+                q("outbox_enqueue"),
+                [ctx.settings.ingest_topic_for(enqueue.version)],
+                [str(record_id)],
+                [enqueue.to_dict()],
             )
         await conn.execute(
             q("reconcile_audit"),

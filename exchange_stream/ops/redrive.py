@@ -117,9 +117,14 @@ def _original_event(value: bytes | None) -> dict[str, Any] | None:
     return original
 
 
+def _check(params: dict[str, Any]) -> None:
+    formats.check_label(params["version"], "version")
+
+
 OPERATION = Operation(
     name="dlq_redrive",
     cli=("dlq", "redrive"),
     summary="re-publish a version's dead letters to its topic",
     run=run,
+    check=_check,
 )

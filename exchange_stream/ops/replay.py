@@ -140,7 +140,7 @@ async def run(ctx: OpsContext, params: dict[str, Any], progress: ProgressFn) -> 
             )
         if outbox and not dry_run:
             await ctx.pool.execute(
-                q("replay_enqueue"),
+                q("outbox_enqueue"),
                 [t for t, _, _ in outbox],
                 [k for _, k, _ in outbox],
                 [e for _, _, e in outbox],
@@ -192,9 +192,15 @@ async def verify(ctx: OpsContext, params: dict[str, Any], progress: ProgressFn) 
     }
 
 
+def _check(params: dict[str, Any]) -> None:
+    if params["emit_version"] != "auto":
+        formats.check_label(params["emit_version"], "emit_version")
+
+
 OPERATION = Operation(
     name="replay",
     cli=("replay",),
     summary="re-emit ingested events for a source's raw objects",
     run=run,
+    check=_check,
 )

@@ -12,12 +12,12 @@ WITH manifest AS (
     INSERT INTO raw_object_manifest
         (record_id, source, bucket, object_key, sha256, size_bytes, state)
     VALUES ($1, $2, $3, $4, $5, $6, 'enqueued')
-), outbox AS (
-    INSERT INTO outbox_events (topic, key, payload) VALUES ($7, $1::text, $8)
 ), audit AS (
     INSERT INTO audit_log
         (correlation_id, actor, action, entity_type, entity_id, status, details)
     VALUES ($9, $10, 'ingest', 'record', $1::text, 'accepted', $11)
+), idempotency AS (
+    INSERT INTO idempotency_keys (key, request_sha256, response, route, record_id)
+    VALUES ($12, $5, $13, $14, $1)
 )
-INSERT INTO idempotency_keys (key, request_sha256, response, route, record_id)
-VALUES ($12, $5, $13, $14, $1)
+SELECT outbox_enqueue(ARRAY[$7::text], ARRAY[$1::text], ARRAY[$8::jsonb])

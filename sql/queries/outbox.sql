@@ -1,3 +1,8 @@
+-- name: outbox_enqueue
+-- Events into the outbox, as many as given ($1 topics, $2 keys, $3 payloads, in step); the relay
+-- publishes them. The same function is called by the ingest statement (migration 0010).
+SELECT outbox_enqueue($1::text[], $2::text[], $3::jsonb[])
+
 -- name: outbox_claim
 -- Rows another relay holds are skipped, not waited for: each pending row goes to one relay.
 -- A row that failed on its own waits for its next_attempt_at; the rest go in id order, through

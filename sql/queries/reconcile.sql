@@ -99,9 +99,6 @@ INSERT INTO raw_object_manifest (record_id, source, bucket, object_key, sha256, 
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (record_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()
 
--- name: reconcile_enqueue
-INSERT INTO outbox_events (topic, key, payload) VALUES ($1, $2, $3)
-
 -- name: reconcile_audit
 INSERT INTO audit_log (correlation_id, actor, action, entity_type, entity_id, status, details)
 VALUES ($1, $2, $3, 'record', $4, $5, $6)

@@ -41,6 +41,11 @@ def test_run_job_names_a_job_and_carries_its_own_params() -> None:
         ({"command": "replay", "params": {"limit": 5}}, "missing field: params.source"),
         ({"command": "explode", "params": {}}, "invalid field: command"),
         ({"command": "dlq_redrive", "params": {"version": "v3"}}, "invalid field: params.version"),
+        ({"command": "dlq_redrive", "params": {"version": "3"}}, "invalid field: params.version"),
+        (
+            {"command": "replay", "params": {"source": "a", "emit_version": "v7"}},
+            "invalid field: params.emit_version",
+        ),
         ({"command": "reconcile", "params": {"source": "a", "x": 1}}, "unknown field: params.x"),
         (
             {"command": "run_job", "params": {"job": "data-quality", "params": {"window_s": 0}}},
