@@ -156,7 +156,7 @@ class FaultRun:
     async def close(self, db: asyncpg.Pool) -> None:
         """Stop the load and the workers, then delete the run's topics: partitions pile up on the
         broker otherwise, and a broker with more partitions restarts more slowly. Topics that
-        outbox rows still wait for are kept: every worker's relay would be stuck on those rows."""
+        outbox rows still wait for are kept: those rows would be set aside and retried for good."""
         for load in self.loads:
             load.kill()
         for proc in self.workers:
