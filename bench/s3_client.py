@@ -1,83 +1,144 @@
-"""S3 client baseline: CPU per call and throughput of botocore (aioboto3) vs aiohttp-s3-client.
+"""S3 clients side by side: CPU per call, calls per second and latency, PUT and GET, one run.
 
-    .venv/bin/python bench/s3_client.py [--ops 400] [--concurrency 8]
+    .venv/bin/python bench/s3_client.py [--ops 2000] [--concurrency 1,8]
 
-Same server, same 1.5 KiB bodies, one run. Why the service uses aiohttp-s3-client on its hot path.
+Same server, the same 150 FHIR v2 bodies as the ingest benches (1-3 KiB), on uvloop as in the
+worker. Rows: the service's own client (``infra/s3http.py``, what ``RawStore.put``/``get``
+use), aiohttp-s3-client (its listings and HEAD), and aioboto3 (botocore) for reference.
+The CPU is this process's, per call; the S3 server's is not counted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 
 import aioboto3
+import aiohttp
+import uvloop
+from aiohttp_s3_client import S3Client
 from botocore.config import Config
-from harness import ROOT  # noqa: F401  (puts the repository on sys.path)
+from harness import bodies
 
 from exchange_stream.infra.config import Settings
-from exchange_stream.infra.storage import open_store
+from exchange_stream.infra.s3http import S3Http
+
+Op = Callable[[str, bytes], Awaitable[object]]
 
 
-async def measure(
-    label: str, op: Callable[[str], Awaitable[object]], keys: list[str], conc: int
-) -> None:
-    ops = len(keys)
+async def measure(label: str, op: Op, keys: list[str], payloads: list[bytes], conc: int) -> None:
     for k in keys[:20]:
-        await op(k)
+        await op(k, payloads[0])
     sem = asyncio.Semaphore(conc)
+    latencies: list[float] = []
 
-    async def one(k: str) -> None:
+    async def one(i: int, k: str) -> None:
         async with sem:
-            await op(k)
+            t = time.perf_counter()
+            await op(k, payloads[i % len(payloads)])
+            latencies.append(time.perf_counter() - t)
 
     cpu, wall = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(one(k) for k in keys))
+    await asyncio.gather(*(one(i, k) for i, k in enumerate(keys)))
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    print(f"{label:<34}{cpu / ops * 1000:>10.2f}{ops / wall:>10.0f}")
-
-
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ops", type=int, default=400)
-    parser.add_argument("--concurrency", type=int, default=8)
-    args = parser.parse_args()
-    settings = Settings.from_env()
-    body = b"x" * 1536
-    ours = [f"bench-s3-client/{uuid.uuid4()}.json" for _ in range(args.ops)]
-    boto = [f"bench-s3-client/{uuid.uuid4()}.json" for _ in range(args.ops)]
-    print(f"{'client / call':<34}{'CPU ms':>10}{'ops/s':>10}")
-    async with open_store(settings) as store:
-        await measure("aiohttp-s3-client PUT", lambda k: store.put(k, body), ours, args.concurrency)
-        await measure("aiohttp-s3-client GET", store.get, ours, args.concurrency)
-    session = aioboto3.Session()
-    config = Config(
-        s3={"addressing_style": "path"},
-        max_pool_connections=64,
-        request_checksum_calculation="when_required",
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99)]
+    print(
+        f"{label:<30}{conc:>6}{cpu / len(keys) * 1000:>9.3f}{len(keys) / wall:>9.0f}"
+        f"{statistics.median(latencies) * 1000:>9.2f}{p99 * 1000:>9.2f}"
     )
-    async with session.client(
-        "s3",
-        endpoint_url=settings.minio_endpoint,
-        aws_access_key_id=settings.minio_access_key,
-        aws_secret_access_key=settings.minio_secret_key,
-        region_name=settings.s3_region,
-        config=config,
-    ) as client:
 
-        async def boto_put(k: str) -> None:
-            await client.put_object(Bucket=settings.raw_bucket, Key=k, Body=body)
 
-        async def boto_get(k: str) -> None:
-            resp = await client.get_object(Bucket=settings.raw_bucket, Key=k)
-            async with resp["Body"] as stream:
-                await stream.read()
+async def main(args: argparse.Namespace) -> None:
+    settings = Settings.from_env()
+    payloads = bodies()
+    print(f"{'client / call':<30}{'conc':>6}{'CPU ms':>9}{'ops/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
 
-        await measure("aioboto3 (botocore) PUT", boto_put, boto, args.concurrency)
-        await measure("aioboto3 (botocore) GET", boto_get, boto, args.concurrency)
+    def keys() -> list[str]:
+        return [f"bench-s3-client/{uuid.uuid4()}.json" for _ in range(args.ops)]
+
+    for conc in args.concurrency:
+        ours = S3Http(
+            settings.minio_endpoint,
+            settings.raw_bucket,
+            access_key=settings.minio_access_key,
+            secret_key=settings.minio_secret_key,
+            region=settings.s3_region,
+        )
+
+        async def ours_put(k: str, body: bytes, ours: S3Http = ours) -> None:
+            sha = hashlib.sha256(body).hexdigest()
+            resp = await ours.put(k, body, sha256=sha, content_type="application/json")
+            if resp.status != 200:
+                raise RuntimeError(resp.status)
+
+        async def ours_get(k: str, _: bytes, ours: S3Http = ours) -> None:
+            if (await ours.get(k)).status != 200:
+                raise RuntimeError("GET")
+
+        written = keys()
+        await measure("s3http PUT (service)", ours_put, written, payloads, conc)
+        await measure("s3http GET (service)", ours_get, written, payloads, conc)
+        ours.close()
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
+            client = S3Client(
+                session=session,
+                url=f"{settings.minio_endpoint.rstrip('/')}/{settings.raw_bucket}",
+                access_key_id=settings.minio_access_key,
+                secret_access_key=settings.minio_secret_key,
+                region=settings.s3_region,
+            )
+
+            async def lib_put(k: str, body: bytes, client: S3Client = client) -> None:
+                sha = hashlib.sha256(body).hexdigest()
+                async with client.put(k, body, content_sha256=sha) as resp:
+                    await resp.read()
+
+            async def lib_get(k: str, _: bytes, client: S3Client = client) -> None:
+                async with client.get(k) as resp:
+                    await resp.read()
+
+            written = keys()
+            await measure("aiohttp-s3-client PUT", lib_put, written, payloads, conc)
+            await measure("aiohttp-s3-client GET", lib_get, written, payloads, conc)
+
+        config = Config(
+            s3={"addressing_style": "path"},
+            max_pool_connections=64,
+            request_checksum_calculation="when_required",
+        )
+        async with aioboto3.Session().client(
+            "s3",
+            endpoint_url=settings.minio_endpoint,
+            aws_access_key_id=settings.minio_access_key,
+            aws_secret_access_key=settings.minio_secret_key,
+            region_name=settings.s3_region,
+            config=config,
+        ) as boto:
+
+            async def boto_put(k: str, body: bytes) -> None:
+                await boto.put_object(Bucket=settings.raw_bucket, Key=k, Body=body)
+
+            async def boto_get(k: str, _: bytes) -> None:
+                resp = await boto.get_object(Bucket=settings.raw_bucket, Key=k)
+                async with resp["Body"] as stream:
+                    await stream.read()
+
+            written = keys()[: max(200, args.ops // 5)]
+            await measure("aioboto3 (botocore) PUT", boto_put, written, payloads, conc)
+            await measure("aioboto3 (botocore) GET", boto_get, written, payloads, conc)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=2000)
+    parser.add_argument(
+        "--concurrency", type=lambda v: [int(x) for x in v.split(",")], default=[1, 8]
+    )
+    uvloop.run(main(parser.parse_args()))

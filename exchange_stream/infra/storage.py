@@ -1,8 +1,9 @@
 """The raw-object store: S3-compatible storage for the exact bytes partners sent.
 
-The client is aiohttp-s3-client (SigV4 over aiohttp). It costs about 0.7 ms of CPU per PUT against
-botocore's 3.4 ms on this project's machines (bench/s3_client.py), and S3 calls are on the hot path
-twice per record (ingest PUT, normalizer GET).
+S3 calls are on the hot path twice per record (the ingest PUT, the normalizer's GET). Those two go
+through ``s3http.S3Http``, a small kept-alive HTTP/1.1 client; the rare ones (HEAD of the bucket,
+listings for reconcile) through aiohttp-s3-client. ``bench/s3_client.py`` measures the CPU per
+call of each client, botocore's included.
 
 Objects are written once under a fresh key and never changed, so a worker keeps the bodies it has
 just stored (``RecentBodies``, bounded in bytes and age) and its normalizer takes them from
@@ -24,6 +25,7 @@ import aiohttp
 from aiohttp_s3_client import S3Client
 
 from exchange_stream.infra.config import Settings
+from exchange_stream.infra.s3http import S3Http
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -75,6 +77,7 @@ class RawStore:
     """One bucket; every call maps failures onto the two error types above."""
 
     client: S3Client
+    http: S3Http
     bucket: str
     recent: RecentBodies | None = None
 
@@ -90,14 +93,11 @@ class RawStore:
         in transit is refused by the server."""
         sha = sha256 or hashlib.sha256(body).hexdigest()
         try:
-            async with self.client.put(
-                key, body, headers={"Content-Type": content_type}, content_sha256=sha
-            ) as resp:
-                await resp.read()
-                if resp.status != 200:
-                    raise StorageUnavailable(f"PUT answered {resp.status}")
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            resp = await self.http.put(key, body, sha256=sha, content_type=content_type)
+        except (OSError, TimeoutError) as exc:
             raise StorageUnavailable(type(exc).__name__) from exc
+        if resp.status != 200:
+            raise StorageUnavailable(f"PUT answered {resp.status}")
         if self.recent is not None:
             self.recent.keep(key, body)
 
@@ -105,15 +105,14 @@ class RawStore:
         if self.recent is not None and (body := self.recent.take(key)) is not None:
             return body
         try:
-            async with self.client.get(key) as resp:
-                body = await resp.read()
-                if resp.status == 404:
-                    raise ObjectMissing(key)
-                if resp.status != 200:
-                    raise StorageUnavailable(f"GET answered {resp.status}")
-                return body
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            resp = await self.http.get(key)
+        except (OSError, TimeoutError) as exc:
             raise StorageUnavailable(type(exc).__name__) from exc
+        if resp.status == 404:
+            raise ObjectMissing(key)
+        if resp.status != 200:
+            raise StorageUnavailable(f"GET answered {resp.status}")
+        return resp.body
 
     async def exists_bucket(self) -> None:
         """Raise ``StorageUnavailable`` unless the bucket answers a HEAD."""
@@ -148,7 +147,7 @@ async def open_store(
     pool: int = 100,
     recent_bytes: int = 0,
 ) -> AsyncIterator[RawStore]:
-    """An S3 client for the raw bucket over its own keep-alive connection pool, closed on exit;
+    """S3 clients for the raw bucket over their own keep-alive connections, closed on exit;
     with ``recent_bytes``, bodies it stores are kept that long in memory (``RecentBodies``)."""
     connector = aiohttp.TCPConnector(limit=pool, keepalive_timeout=30)
     timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout)
@@ -160,5 +159,18 @@ async def open_store(
             secret_access_key=settings.minio_secret_key,
             region=settings.s3_region,
         )
+        http = S3Http(
+            settings.minio_endpoint,
+            settings.raw_bucket,
+            access_key=settings.minio_access_key,
+            secret_key=settings.minio_secret_key,
+            region=settings.s3_region,
+            connect_timeout=connect_timeout,
+            total_timeout=total_timeout,
+            max_connections=pool,
+        )
         recent = RecentBodies(recent_bytes) if recent_bytes > 0 else None
-        yield RawStore(client=client, bucket=settings.raw_bucket, recent=recent)
+        try:
+            yield RawStore(client=client, http=http, bucket=settings.raw_bucket, recent=recent)
+        finally:
+            http.close()
