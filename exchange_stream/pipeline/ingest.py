@@ -1,12 +1,16 @@
 """Ingest: validate a partner request, keep its raw bytes, and record it durably.
 
-``parse_request`` is pure. ``accept`` runs the one transaction of a request:
-advisory lock and key lookup, the S3 write, then manifest, outbox, audit and idempotency rows in one
-statement. Four database round trips on the happy path: BEGIN, lock+lookup, insert, COMMIT.
+``parse_request`` is pure. ``accept`` runs the one transaction of a request: advisory lock and
+key lookup, then the S3 write and, at the same time, the statement that writes the manifest,
+outbox, audit and idempotency rows; COMMIT once both have succeeded. Rows of an open transaction
+are seen by no one, so no committed row ever names an object that was not stored, and one
+client's request waits for the slower of the two instead of their sum. Four database round
+trips on the happy path: BEGIN, lock+lookup, insert, COMMIT.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from dataclasses import dataclass
@@ -118,7 +122,6 @@ async def accept(
                 raise IdempotencyConflict()
             record_id = str(uuid.uuid4())
             key = object_key(req.source, record_id)
-            await store.put(key, req.body, sha256=req.sha256)
             event = new_event(
                 req.format,
                 record_id=record_id,
@@ -129,7 +132,7 @@ async def accept(
                 schema_hint=req.schema_hint,
             )
             response = {"record_id": record_id, "correlation_id": correlation_id}
-            await conn.execute(
+            write = conn.execute(
                 q("ingest_record"),
                 uuid.UUID(record_id),
                 req.source,
@@ -146,6 +149,14 @@ async def accept(
                 response,
                 route,
             )
+            # Both run to the end before the transaction ends (a statement in flight cannot be
+            # rolled back); a failure of either rolls the rows back.
+            outcomes = await asyncio.gather(
+                store.put(key, req.body, sha256=req.sha256), write, return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
         return Accepted(response=response, replayed=False)
     except StorageUnavailable:
         raise Unavailable("s3") from None

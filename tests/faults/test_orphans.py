@@ -1,10 +1,11 @@
 """Fault: the worker killed between a request's S3 write and its commit (the known boundary).
 
 The crash is real, not simulated: the test takes an EXCLUSIVE lock on ``idempotency_keys``, so
-every ingest request of the load stops at its one INSERT statement, after its raw object was
-written and before its transaction commits. It SIGKILLs the worker with those requests waiting,
-then lets go of the lock: their transactions roll back, their raw objects stay in S3 without any
-row, and the partners' retries (same key, same body) are accepted under new record ids.
+every ingest request of the load stops at its one INSERT statement (which runs beside its S3
+PUT) before its transaction commits. Once their raw objects are listed in S3, it SIGKILLs the
+worker with those requests waiting, then lets go of the lock: their transactions roll back,
+their raw objects stay in S3 without any row, and the partners' retries (same key, same body)
+are accepted under new record ids.
 
 Then the orphans are counted independently (the S3 listing through botocore, minus the manifest),
 ``reconcile`` must report exactly those, ``reconcile --repair`` must resolve each, and the
@@ -47,16 +48,32 @@ VARIANTS = [
 
 
 async def _kill_between_put_and_commit(
-    db: asyncpg.Pool, worker: WorkerProcess, clients: int
+    db: asyncpg.Pool, run: FaultRun, worker: WorkerProcess, clients: int, known: set[str]
 ) -> int:
     """SIGKILL the worker while its ingest requests wait between their S3 PUT and their COMMIT;
-    return how many were waiting."""
+    return how many were waiting. ``known`` holds the orphans of earlier kills and gets this
+    kill's."""
     # A generous timeout: on a slow machine the requests take longer to reach the lock, and a
     # kill with none waiting strands nothing (asserted below).
     async with stalled(
         db, worker, "idempotency_keys", "INSERT INTO idempotency_keys", at_least=clients, timeout=60
     ) as waiting:
+        # A request's PUT runs beside its statement: before the kill, the objects of the
+        # waiting requests must be in S3 (nothing commits while the lock is held).
+        fresh: set[str] = set()
+
+        async def objects_of_the_waiting_stored() -> bool:
+            manifest = await db.fetch(
+                "SELECT record_id::text AS id FROM raw_object_manifest WHERE source = $1",
+                run.source,
+            )
+            listed = await s3_record_ids(run.settings, run.source)
+            fresh.update(listed - {r["id"] for r in manifest} - known)
+            return len(fresh) >= waiting
+
+        await eventually(objects_of_the_waiting_stored, timeout=60)
         worker.kill()
+    known.update(fresh)
     worker.start()
     await worker.wait_healthy()
     return waiting
@@ -94,10 +111,13 @@ async def test_killed_between_s3_write_and_commit_reconcile_finds_and_resolves_e
     load = run.start_load([worker.base_url])
     await load.wait_accepted(20)
     stranded: list[int] = []
+    known_orphans: set[str] = set()
     recovering: list[asyncio.Task] = []
     for i in range(variant.faults):
         await run.next_fault(load, i)
-        stranded.append(await _kill_between_put_and_commit(db, worker, load.clients))
+        stranded.append(
+            await _kill_between_put_and_commit(db, run, worker, load.clients, known_orphans)
+        )
         back_at = time.time()
         # Measured beside the rest of the run: the next fault's moment follows the load, and
         # waiting here first could make a slow machine miss it.
