@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import aioboto3
-import aiohttp
 import uvloop
 from aiohttp_s3_client import S3Client
 from botocore.config import Config
@@ -27,6 +26,7 @@ from harness import bodies
 
 from exchange_stream.infra.config import Settings
 from exchange_stream.infra.s3http import S3Http
+from exchange_stream.infra.storage import open_store
 
 Op = Callable[[str, bytes], Awaitable[object]]
 
@@ -63,47 +63,32 @@ async def main(args: argparse.Namespace) -> None:
         return [f"bench-s3-client/{uuid.uuid4()}.json" for _ in range(args.ops)]
 
     for conc in args.concurrency:
-        ours = S3Http(
-            settings.minio_endpoint,
-            settings.raw_bucket,
-            access_key=settings.minio_access_key,
-            secret_key=settings.minio_secret_key,
-            region=settings.s3_region,
-        )
+        # One store: its hot-path client and its aiohttp-s3-client (listings, HEAD).
+        async with open_store(settings) as store:
+            ours, lib = store.http, store.client
 
-        async def ours_put(k: str, body: bytes, ours: S3Http = ours) -> None:
-            sha = hashlib.sha256(body).hexdigest()
-            resp = await ours.put(k, body, sha256=sha, content_type="application/json")
-            if resp.status != 200:
-                raise RuntimeError(resp.status)
-
-        async def ours_get(k: str, _: bytes, ours: S3Http = ours) -> None:
-            if (await ours.get(k)).status != 200:
-                raise RuntimeError("GET")
-
-        written = keys()
-        await measure("s3http PUT (service)", ours_put, written, payloads, conc)
-        await measure("s3http GET (service)", ours_get, written, payloads, conc)
-        ours.close()
-
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
-            client = S3Client(
-                session=session,
-                url=f"{settings.minio_endpoint.rstrip('/')}/{settings.raw_bucket}",
-                access_key_id=settings.minio_access_key,
-                secret_access_key=settings.minio_secret_key,
-                region=settings.s3_region,
-            )
-
-            async def lib_put(k: str, body: bytes, client: S3Client = client) -> None:
+            async def ours_put(k: str, body: bytes, ours: S3Http = ours) -> None:
                 sha = hashlib.sha256(body).hexdigest()
-                async with client.put(k, body, content_sha256=sha) as resp:
+                resp = await ours.put(k, body, sha256=sha, content_type="application/json")
+                if resp.status != 200:
+                    raise RuntimeError(resp.status)
+
+            async def ours_get(k: str, _: bytes, ours: S3Http = ours) -> None:
+                if (await ours.get(k)).status != 200:
+                    raise RuntimeError("GET")
+
+            async def lib_put(k: str, body: bytes, lib: S3Client = lib) -> None:
+                sha = hashlib.sha256(body).hexdigest()
+                async with lib.put(k, body, content_sha256=sha) as resp:
                     await resp.read()
 
-            async def lib_get(k: str, _: bytes, client: S3Client = client) -> None:
-                async with client.get(k) as resp:
+            async def lib_get(k: str, _: bytes, lib: S3Client = lib) -> None:
+                async with lib.get(k) as resp:
                     await resp.read()
 
+            written = keys()
+            await measure("s3http PUT (service)", ours_put, written, payloads, conc)
+            await measure("s3http GET (service)", ours_get, written, payloads, conc)
             written = keys()
             await measure("aiohttp-s3-client PUT", lib_put, written, payloads, conc)
             await measure("aiohttp-s3-client GET", lib_get, written, payloads, conc)
