@@ -54,7 +54,7 @@ from openloop import OpenLoopResult, run_openloop
 from stackprocs import WindowMeter
 
 from exchange_stream.infra.config import Settings
-from tests.support import WorkerProcess
+from tests.support import WorkerProcess, drop_database
 
 LAG_METRIC = "event_loop_lag_seconds"
 CLI = Path(sys.executable).parent / "exchange-stream"
@@ -195,15 +195,7 @@ async def _delete_objects(settings: Settings, prefixes: list[str]) -> None:
 
 
 async def _drop_database(name: str) -> None:
-    import asyncpg
-
-    base = Settings.from_env(os.environ)
-    conn = await asyncpg.connect(base.dsn)
-    try:
-        # Identifiers cannot be bind parameters; the name is built by this script.
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await drop_database(Settings.from_env(os.environ).dsn, name)
 
 
 def start_worker(workdir: Path, env: Mapping[str, str]) -> WorkerProcess:

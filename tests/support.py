@@ -263,6 +263,28 @@ async def s3_read_independently(settings, key: str) -> bytes:
             return await stream.read()
 
 
+async def drop_database(dsn: str, name: str, *, timeout: float = 120.0) -> None:
+    """``DROP DATABASE name WITH (FORCE)`` over ``dsn``. FORCE ends this role's sessions but not
+    an autovacuum worker busy in that database, and the drop is refused until it is done: that
+    refusal is waited out."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                # Identifiers cannot be bind parameters; callers build the name themselves.
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except asyncpg.InsufficientPrivilegeError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+
+
 async def run_cli(
     *args: str, env: Mapping[str, str] | None = None, timeout: float = 180.0
 ) -> tuple[int, dict]:

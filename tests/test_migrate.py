@@ -10,6 +10,7 @@ import asyncpg
 
 from exchange_stream.infra.config import Settings
 from exchange_stream.infra.migrate import discover, migrate
+from tests.support import drop_database
 
 # The contract's tables, restated here on purpose: the test is the contract's own check.
 CONTRACT_TABLES = {
@@ -134,11 +135,7 @@ async def _scratch_db(settings: Settings) -> tuple[str, str]:
 
 
 async def _drop_db(settings: Settings, name: str) -> None:
-    conn = await asyncpg.connect(settings.dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await drop_database(settings.dsn, name)
 
 
 async def test_migrate_creates_every_spec_table_and_column(stack, settings: Settings) -> None:
