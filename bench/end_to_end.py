@@ -214,6 +214,7 @@ async def wait_assigned(
     partition of ``topic``, each member at least one; return member id -> its partitions."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+    from aiokafka.errors import GroupCoordinatorNotAvailableError
 
     admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
     await admin.start()
@@ -223,7 +224,13 @@ async def wait_assigned(
         deadline = time.monotonic() + within_s
         seen = "nothing yet"
         while time.monotonic() < deadline:
-            (response,) = await admin.describe_consumer_groups([group])
+            try:
+                (response,) = await admin.describe_consumer_groups([group])
+            except GroupCoordinatorNotAvailableError:
+                # A new broker makes its offsets topic (and so the coordinator) on first use.
+                seen = "no group coordinator yet"
+                await asyncio.sleep(0.5)
+                continue
             # (error_code, group_id, state, protocol_type, protocol, members, ...)
             state, group_members = response.groups[0][2], response.groups[0][5]
             held: dict[str, list[int]] = {}

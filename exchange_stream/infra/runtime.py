@@ -49,7 +49,9 @@ class Runtime(mode.Service):
 
     async def on_start(self) -> None:
         self._pool = await create_pool(self.settings, max_size=self.settings.pg_pool_size)
-        self._work_pool = await create_pool(self.settings, max_size=self.settings.pg_work_pool_size)
+        self._work_pool = await create_pool(
+            self.settings, max_size=self.settings.pg_work_pool_size, batch_work=True
+        )
         self._store = await self._stack.enter_async_context(
             open_store(self.settings, recent_bytes=self.settings.raw_cache_mb << 20)
         )

@@ -120,7 +120,7 @@ class OpsContext:
 @contextlib.asynccontextmanager
 async def local_context(settings: Settings, actor: str = "cli") -> AsyncIterator[OpsContext]:
     """Resources for running an operation in this process (CLI ``--local``, tests)."""
-    pool = await create_pool(settings, max_size=8)
+    pool = await create_pool(settings, max_size=8, batch_work=True)
     publisher = Publisher(settings, client_id=f"{settings.app_id}-ops")
     try:
         async with open_store(settings) as store:
