@@ -77,6 +77,7 @@ class Settings:
     normalizer_within_ms: int = 20
     pg_pool_size: int = 20
     pg_work_pool_size: int = 8
+    pg_batch_custom_plans: bool = True
     # Bodies a worker stored, kept in memory for its own normalizer (infra/storage.py); 0: off.
     raw_cache_mb: int = 64
     outbox_linger_ms: int = 5
@@ -217,6 +218,7 @@ class Settings:
             normalizer_within_ms=get_int("NORMALIZER_WITHIN_MS", 20, 1),
             pg_pool_size=get_int("PG_POOL_SIZE", 20, 2),
             pg_work_pool_size=get_int("PG_WORK_POOL_SIZE", 8, 2),
+            pg_batch_custom_plans=get_bool("PG_BATCH_CUSTOM_PLANS", True),
             raw_cache_mb=get_int("RAW_CACHE_MB", 64, 0),
             outbox_linger_ms=get_int("OUTBOX_LINGER_MS", 5, 0),
             kafka_session_timeout_s=get_int("KAFKA_SESSION_TIMEOUT_S", 10, 6),

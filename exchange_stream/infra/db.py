@@ -55,7 +55,8 @@ async def create_pool(
     settings: Settings, *, min_size: int = 0, max_size: int = 20, batch_work: bool = False
 ) -> asyncpg.Pool:
     """A pool that connects lazily: a worker starts, and reports unready, while Postgres is down.
-    ``batch_work``: every statement is planned for its arguments (``CUSTOM_PLANS``)."""
+    ``batch_work``: every statement is planned for its arguments (``CUSTOM_PLANS``), unless
+    ``PG_BATCH_CUSTOM_PLANS`` is off."""
     return await asyncpg.create_pool(
         settings.dsn,
         min_size=min_size,
@@ -65,5 +66,5 @@ async def create_pool(
         command_timeout=30,
         timeout=5,
         max_inactive_connection_lifetime=300,
-        server_settings=CUSTOM_PLANS if batch_work else None,
+        server_settings=CUSTOM_PLANS if batch_work and settings.pg_batch_custom_plans else None,
     )
