@@ -3,8 +3,9 @@
     .venv/bin/python bench/s3_client.py [--ops 2000] [--concurrency 1,8]
 
 Same server, the same 150 FHIR v2 bodies as the ingest benches (1-3 KiB), on uvloop as in the
-worker. Rows: the service's own client (``infra/s3http.py``, what ``RawStore.put``/``get``
-use), aiohttp-s3-client (its listings and HEAD), and aioboto3 (botocore) for reference.
+worker. Rows: ``RawStore.put``/``get`` as the service calls them (over its own client,
+``infra/s3http.py``), aiohttp-s3-client (its listings and HEAD), and aioboto3 (botocore), set up
+as the tests' independent client, for reference.
 The CPU is this process's, per call; the S3 server's is not counted.
 """
 
@@ -18,15 +19,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-import aioboto3
 import uvloop
 from aiohttp_s3_client import S3Client
-from botocore.config import Config
 from harness import bodies
 
 from exchange_stream.infra.config import Settings
-from exchange_stream.infra.s3http import S3Http
-from exchange_stream.infra.storage import open_store
+from exchange_stream.infra.storage import RawStore, open_store
+from tests.support import independent_s3_client
 
 Op = Callable[[str, bytes], Awaitable[object]]
 
@@ -63,19 +62,16 @@ async def main(args: argparse.Namespace) -> None:
         return [f"bench-s3-client/{uuid.uuid4()}.json" for _ in range(args.ops)]
 
     for conc in args.concurrency:
-        # One store: its hot-path client and its aiohttp-s3-client (listings, HEAD).
+        # One store: RawStore.put/get (the service's calls, over its own client) and the
+        # aiohttp-s3-client it keeps for listings and HEAD.
         async with open_store(settings) as store:
-            ours, lib = store.http, store.client
+            lib = store.client
 
-            async def ours_put(k: str, body: bytes, ours: S3Http = ours) -> None:
-                sha = hashlib.sha256(body).hexdigest()
-                resp = await ours.put(k, body, sha256=sha, content_type="application/json")
-                if resp.status != 200:
-                    raise RuntimeError(resp.status)
+            async def ours_put(k: str, body: bytes, store: RawStore = store) -> None:
+                await store.put(k, body)
 
-            async def ours_get(k: str, _: bytes, ours: S3Http = ours) -> None:
-                if (await ours.get(k)).status != 200:
-                    raise RuntimeError("GET")
+            async def ours_get(k: str, _: bytes, store: RawStore = store) -> None:
+                await store.get(k)
 
             async def lib_put(k: str, body: bytes, lib: S3Client = lib) -> None:
                 sha = hashlib.sha256(body).hexdigest()
@@ -93,18 +89,8 @@ async def main(args: argparse.Namespace) -> None:
             await measure("aiohttp-s3-client PUT", lib_put, written, payloads, conc)
             await measure("aiohttp-s3-client GET", lib_get, written, payloads, conc)
 
-        config = Config(
-            s3={"addressing_style": "path"},
-            max_pool_connections=64,
-            request_checksum_calculation="when_required",
-        )
-        async with aioboto3.Session().client(
-            "s3",
-            endpoint_url=settings.minio_endpoint,
-            aws_access_key_id=settings.minio_access_key,
-            aws_secret_access_key=settings.minio_secret_key,
-            region_name=settings.s3_region,
-            config=config,
+        async with independent_s3_client(
+            settings, max_pool_connections=64, request_checksum_calculation="when_required"
         ) as boto:
 
             async def boto_put(k: str, body: bytes) -> None:

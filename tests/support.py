@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -239,8 +240,9 @@ async def wait_canonical(db, record_ids: list[str], timeout: float = 120.0) -> l
 
 
 @contextlib.asynccontextmanager
-async def independent_s3_client(settings) -> AsyncIterator:
-    """A botocore (aioboto3) S3 client: checks what the service stored without its own client."""
+async def independent_s3_client(settings, **config: Any) -> AsyncIterator:
+    """A botocore (aioboto3) S3 client: checks what the service stored without its own client.
+    ``config``: more botocore ``Config`` options (the S3 client bench sizes its pool)."""
     import aioboto3
     from botocore.config import Config
 
@@ -250,7 +252,7 @@ async def independent_s3_client(settings) -> AsyncIterator:
         aws_access_key_id=settings.minio_access_key,
         aws_secret_access_key=settings.minio_secret_key,
         region_name=settings.s3_region,
-        config=Config(s3={"addressing_style": "path"}),
+        config=Config(s3={"addressing_style": "path"}, **config),
     ) as client:
         yield client
 

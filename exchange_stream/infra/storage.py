@@ -25,9 +25,7 @@ import aiohttp
 from aiohttp_s3_client import S3Client
 
 from exchange_stream.infra.config import Settings
-from exchange_stream.infra.s3http import S3Http
-
-_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+from exchange_stream.infra.s3http import EMPTY_SHA256, S3Http
 
 
 class StorageUnavailable(RuntimeError):
@@ -117,7 +115,7 @@ class RawStore:
     async def exists_bucket(self) -> None:
         """Raise ``StorageUnavailable`` unless the bucket answers a HEAD."""
         try:
-            async with self.client.request("HEAD", "", content_sha256=_EMPTY_SHA256) as resp:
+            async with self.client.request("HEAD", "", content_sha256=EMPTY_SHA256) as resp:
                 if resp.status != 200:
                     raise StorageUnavailable(f"HEAD bucket answered {resp.status}")
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
