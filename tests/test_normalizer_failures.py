@@ -245,3 +245,41 @@ async def test_unparseable_message_goes_to_dlq_with_the_unparseable_envelope(
     }
     assert envelope["error"]["stage"] == "parse"
     assert envelope["attempts"] == 1
+
+
+async def test_batch_failing_on_an_unforeseen_error_is_run_again_not_dropped(
+    db: asyncpg.Pool,
+) -> None:
+    """An error the normalizer does not classify (a bug, say) must not crash the agent: Faust
+    would restart it without reading the batch again, and the batch's records would wait for the
+    next rebalance. The batch is run again until it is done, and the error is counted."""
+    from exchange_stream.infra import metrics
+    from exchange_stream.pipeline.normalize import Message
+    from tests.jobs_support import pipeline_records
+
+    async with pipeline_records(db) as pipeline:
+        normalizer = pipeline.normalizer
+        normalizer.rerun_first_delay_s = 0.01
+        event, value = await raw_object_event(pipeline.settings, v2_body(source="unforeseen"))
+        store = normalizer.runtime.store
+        real_get = store.get
+        calls = 0
+
+        async def get_failing_once(key: str) -> bytes:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("injected: an error nobody classified")
+            return await real_get(key)
+
+        store.get = get_failing_once  # type: ignore[method-assign]
+        reruns = metrics.normalizer_batch_reruns_total.labels("RuntimeError")
+        before = reruns._value.get()
+        topic = pipeline.settings.ingest_topic_for("2")
+        await normalizer.process_until_done([Message(topic, 0, 0, value)])
+
+    assert calls == 2, "the batch ran again after the error"
+    assert reruns._value.get() == before + 1
+    await wait_canonical(db, [event["record_id"]])
+    stage = await _stage(db, event["record_id"])
+    assert stage["status"] == "succeeded"

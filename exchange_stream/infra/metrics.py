@@ -99,6 +99,13 @@ normalizer_batch_seconds = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+normalizer_batch_reruns_total = Counter(
+    "normalizer_batch_reruns_total",
+    "Normalizer batches run again after failing on an unforeseen error (a bug or an error the "
+    "normalizer does not classify), by error type.",
+    ["error_type"],
+    registry=REGISTRY,
+)
 normalizer_consumer_lag = Gauge(
     "normalizer_consumer_lag",
     "Messages behind the partition's high watermark, as of the last batch.",

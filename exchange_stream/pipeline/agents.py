@@ -25,7 +25,7 @@ def register(app: faust.App, normalizer: Normalizer) -> None:
     @app.agent(ingested, name="normalize", concurrency=settings.normalizer_concurrency)
     async def normalize(stream: faust.StreamT) -> None:
         # take_events acknowledges a batch only when the loop comes back for the next one,
-        # that is after process() has put every message in a canonical row or the DLQ.
+        # that is after every message is in a canonical row or the DLQ.
         async for events in stream.take_events(
             settings.normalizer_batch, within=settings.normalizer_within_ms / 1000
         ):
@@ -35,7 +35,7 @@ def register(app: faust.App, normalizer: Normalizer) -> None:
             ]
             metrics.normalizer_batch_size.observe(len(batch))
             started = time.perf_counter()
-            await normalizer.process(batch)
+            await normalizer.process_until_done(batch)
             metrics.normalizer_batch_seconds.observe(time.perf_counter() - started)
             _observe_lag(app, events)
 

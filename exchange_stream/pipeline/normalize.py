@@ -153,6 +153,9 @@ def canonicalize(
 class Normalizer:
     """Runs batches of ingested-event messages to canonical rows or the DLQ."""
 
+    rerun_first_delay_s = 0.5
+    rerun_max_delay_s = 30.0
+
     def __init__(self, settings: Settings, runtime: Runtime, gate: DependencyGate) -> None:
         self.settings = settings
         self.runtime = runtime
@@ -217,6 +220,35 @@ class Normalizer:
             pending = waited + retry
             for w in pending:
                 w.error, w.row = None, None
+
+    async def process_until_done(self, messages: Sequence[Message]) -> None:
+        """``process``, run again with backoff for as long as it fails on an unforeseen error.
+
+        Letting the error out would crash the Faust actor, which restarts without reading the
+        batch's messages again: they would wait, unacknowledged, for the next rebalance. Running
+        the batch again is safe (every step is idempotent by record id) and keeps the promise of
+        ``process``; the error is logged with its traceback and counted each time.
+        """
+        delay = self.rerun_first_delay_s
+        while True:
+            try:
+                await self.process(messages)
+                return
+            except Exception as exc:
+                metrics.normalizer_batch_reruns_total.labels(type(exc).__name__).inc()
+                log.error(
+                    "normalizer batch failed on an unforeseen error; running it again",
+                    exc_info=True,
+                    extra={
+                        "fields": {
+                            "error_type": type(exc).__name__,
+                            "messages": len(messages),
+                            "retry_in_s": delay,
+                        }
+                    },
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.rerun_max_delay_s)
 
     async def _storage_outage(self, unavailable: list[Work]) -> bool:
         """Whether S3 itself is down; if so the gate has waited until it answers again. The

@@ -80,6 +80,9 @@ class FaultRun:
         self.source = f"fault-{fault}-{self.run_id}"
         self.workers: list[WorkerProcess] = []
         self.loads: list[Load] = []
+        # What a wait that ran out saw: put in the assertion message, the part of a failed CI
+        # run that is read first.
+        self.notes: list[str] = []
         prefix = f"fault.{self.run_id}"
         self.topics = {
             "TOPIC_RECORD_INGESTED_V1": f"{prefix}.v1",
@@ -409,7 +412,7 @@ async def time_to_recover(
     record accepted up to ``back_at`` is canonical, published and succeeded in the ledger;
     None if not within ``timeout``."""
     ids = load.accepted_ids(until=back_at)
-    _, seconds = await wait_for_invariant(
+    inv, seconds = await wait_for_invariant(
         db,
         run.source,
         ids,
@@ -417,7 +420,36 @@ async def time_to_recover(
         since=back_at if since is None else since,
         whole_source=False,
     )
+    if seconds is None:
+        run.notes.append(await diagnose(db, run, inv))
     return seconds
+
+
+async def diagnose(db: asyncpg.Pool, run: FaultRun, inv: Invariant) -> str:
+    """Where the records ``inv`` misses stand (outbox, ledger, manifest) and the warnings the
+    run's workers logged last: a few lines, enough to tell a stalled relay from a stuck batch."""
+    lost = [uuid.UUID(r) for r in inv.lost]
+    rows = await db.fetch(
+        "SELECT o.id IS NOT NULL AS in_outbox, o.published_at IS NOT NULL AS published,"
+        " o.last_error, s.status,"
+        " s.attempt_count, m.state AS manifest, count(*) AS n"
+        " FROM unnest($1::uuid[]) AS l(id)"
+        " LEFT JOIN outbox_events o ON o.key = l.id::text"
+        " LEFT JOIN processing_stage_state s ON s.record_id = l.id AND s.pipeline = 'normalize'"
+        " LEFT JOIN raw_object_manifest m ON m.record_id = l.id"
+        " GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY n DESC LIMIT 8",
+        lost,
+    )
+    states = [dict(r) for r in rows]
+    lines = [inv.describe(), f"lost records by state: {states}"]
+    for i, worker in enumerate(run.workers):
+        try:
+            text = worker.log_text()
+        except OSError:
+            continue
+        warnings = [ln[:240] for ln in text.splitlines() if '"WARNING"' in ln or '"ERROR"' in ln]
+        lines.append(f"worker {i} last warnings: {warnings[-6:]}")
+    return "\n".join(lines)
 
 
 def worker_ports(worker: WorkerProcess) -> list[int]:

@@ -100,5 +100,7 @@ async def test_kafka_restarted_under_load_every_202_becomes_one_canonical_row(
     for outage in outages:
         assert outage["accepted_while_down"] > 0, outage
         assert outage["outbox_waiting"] > 0, "accepted records wait in the outbox"
-    assert None not in recover_s, f"not recovered after every restart: {recover_s}"
+    assert None not in recover_s, f"not recovered after every restart: {recover_s}\n" + "\n".join(
+        run.notes
+    )
     assert inv.holds, inv.describe()

@@ -58,5 +58,7 @@ async def test_postgres_down_under_load_is_waited_out_without_restart_or_dead_le
     assert sum(summary["retry_after"].values()) > 0, "and its 503s carry Retry-After"
     assert all(r["pauses"] >= 1 for r in rounds), f"the normalizer paused for each: {rounds}"
     assert dlq == 0, f"{dlq} records dead-lettered because Postgres was down"
-    assert None not in recover_s, f"not recovered after every outage: {recover_s}"
+    assert None not in recover_s, f"not recovered after every outage: {recover_s}\n" + "\n".join(
+        run.notes
+    )
     assert inv.holds, inv.describe()

@@ -63,5 +63,7 @@ async def test_s3_down_under_load_is_waited_out_and_nothing_is_dead_lettered(
     assert (normalizer.starts, front.starts) == (1, 1)
     assert normalizer.proc is not None and normalizer.proc.poll() is None
     assert front.proc is not None and front.proc.poll() is None
-    assert None not in recover_s, f"not recovered after every outage: {recover_s}"
+    assert None not in recover_s, f"not recovered after every outage: {recover_s}\n" + "\n".join(
+        run.notes
+    )
     assert inv.holds, inv.describe()
