@@ -8,8 +8,21 @@ import uuid
 import aiohttp
 import asyncpg
 
+from exchange_stream.infra.config import Settings
 from tests.payloads import new_key, v1_body, v2_body
-from tests.support import WorkerProcess, post_json
+from tests.support import WorkerProcess, independent_s3_client, post_json
+
+
+async def _objects(settings: Settings, source: str) -> list[str]:
+    """Keys of the raw objects under ``source``, listed with an S3 client not the service's.
+    The object written beside the key's lookup must be gone when a replay or 409 is answered."""
+    async with independent_s3_client(settings) as client:
+        page = await client.list_objects_v2(Bucket=settings.raw_bucket, Prefix=f"{source}/")
+    return [o["Key"] for o in page.get("Contents", [])]
+
+
+def _source() -> str:
+    return f"idem-{uuid.uuid4().hex[:8]}"
 
 
 async def _record_rows(db: asyncpg.Pool, key: str) -> dict[str, int]:
@@ -30,9 +43,10 @@ async def _record_rows(db: asyncpg.Pool, key: str) -> dict[str, int]:
 
 
 async def test_same_key_same_body_returns_the_same_response_once(
-    worker: WorkerProcess, http: aiohttp.ClientSession, db: asyncpg.Pool
+    worker: WorkerProcess, http: aiohttp.ClientSession, db: asyncpg.Pool, settings: Settings
 ) -> None:
-    key, body = new_key(), v2_body()
+    source = _source()
+    key, body = new_key(), v2_body(source=source)
     first = await post_json(http, f"{worker.base_url}/v2/ingest", body, key=key)
     second = await post_json(
         http,
@@ -45,25 +59,31 @@ async def test_same_key_same_body_returns_the_same_response_once(
     assert first[1] == second[1]
     uuid.UUID(first[1]["record_id"])
     assert await _record_rows(db, key) == {"keys": 1, "manifest": 1, "outbox": 1, "audit": 1}
+    assert await _objects(settings, source) == [f"{source}/{first[1]['record_id']}.json"]
 
 
 async def test_same_key_other_body_is_409(
-    worker: WorkerProcess, http: aiohttp.ClientSession, db: asyncpg.Pool
+    worker: WorkerProcess, http: aiohttp.ClientSession, db: asyncpg.Pool, settings: Settings
 ) -> None:
-    key = new_key()
-    status, _, _ = await post_json(http, f"{worker.base_url}/v1/ingest", v1_body(), key=key)
+    key, source, other = new_key(), _source(), _source()
+    status, first, _ = await post_json(
+        http, f"{worker.base_url}/v1/ingest", v1_body(source=source), key=key
+    )
     assert status == 202
     status, body, _ = await post_json(
-        http, f"{worker.base_url}/v1/ingest", v1_body(source="other-source"), key=key
+        http, f"{worker.base_url}/v1/ingest", v1_body(source=other), key=key
     )
     assert (status, body) == (409, {"error": "idempotency conflict"})
     assert await _record_rows(db, key) == {"keys": 1, "manifest": 1, "outbox": 1, "audit": 1}
+    assert await _objects(settings, source) == [f"{source}/{first['record_id']}.json"]
+    assert await _objects(settings, other) == [], "the refused body is not kept"
 
 
 async def test_200_concurrent_requests_with_one_key_make_one_record(
-    worker: WorkerProcess, db: asyncpg.Pool
+    worker: WorkerProcess, db: asyncpg.Pool, settings: Settings
 ) -> None:
-    key, body = new_key(), v2_body()
+    source = _source()
+    key, body = new_key(), v2_body(source=source)
     connector = aiohttp.TCPConnector(limit=200)
     async with aiohttp.ClientSession(connector=connector) as http:
         results = await asyncio.gather(
@@ -74,6 +94,8 @@ async def test_200_concurrent_requests_with_one_key_make_one_record(
     assert statuses == {202}
     assert len(responses) == 1
     assert await _record_rows(db, key) == {"keys": 1, "manifest": 1, "outbox": 1, "audit": 1}
+    record_id = results[0][1]["record_id"]
+    assert await _objects(settings, source) == [f"{source}/{record_id}.json"]
 
 
 async def test_correlation_id_header_is_used_when_long_enough(

@@ -37,6 +37,18 @@ async def test_put_then_get_round_trips_and_botocore_reads_the_same_bytes(
         assert len(store.http._idle) == 1
 
 
+async def test_delete_removes_the_object_and_a_missing_one_is_no_error(settings: Settings) -> None:
+    key = f"Hospital A {uuid.uuid4().hex[:8]}/gone.json"
+    async with open_store(settings) as store:
+        await store.put(key, b'{"n": 1}')
+        await store.delete(key)
+        with pytest.raises(ObjectMissing):
+            await store.get(key)
+        await store.delete(key)
+    with pytest.raises(ClientError):
+        await s3_read_independently(settings, key)
+
+
 async def test_a_body_that_does_not_match_its_signed_hash_is_refused_and_not_stored(
     settings: Settings,
 ) -> None:

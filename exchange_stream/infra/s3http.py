@@ -162,7 +162,7 @@ class _Connection(asyncio.Protocol):
 
 
 class S3Http:
-    """PUT and GET of objects in one bucket over a pool of kept-alive connections."""
+    """PUT, GET and DELETE of objects in one bucket over a pool of kept-alive connections."""
 
     def __init__(
         self,
@@ -201,6 +201,9 @@ class S3Http:
 
     async def get(self, key: str) -> Response:
         return await self._request("GET", key, b"", EMPTY_SHA256, None)
+
+    async def delete(self, key: str) -> Response:
+        return await self._request("DELETE", key, b"", EMPTY_SHA256, None)
 
     async def _request(
         self, method: str, key: str, body: bytes, sha256: str, content_type: str | None

@@ -112,6 +112,17 @@ class RawStore:
             raise StorageUnavailable(f"GET answered {resp.status}")
         return resp.body
 
+    async def delete(self, key: str) -> None:
+        """Remove the object at ``key`` (also from the recent bodies); a missing one is fine."""
+        if self.recent is not None:
+            self.recent.take(key)
+        try:
+            resp = await self.http.delete(key)
+        except (OSError, TimeoutError) as exc:
+            raise StorageUnavailable(type(exc).__name__) from exc
+        if resp.status not in (200, 204, 404):
+            raise StorageUnavailable(f"DELETE answered {resp.status}")
+
     async def exists_bucket(self) -> None:
         """Raise ``StorageUnavailable`` unless the bucket answers a HEAD."""
         try:

@@ -1,16 +1,19 @@
 """Ingest: validate a partner request, keep its raw bytes, and record it durably.
 
-``parse_request`` is pure. ``accept`` runs the one transaction of a request: advisory lock and
-key lookup, then the S3 write and, at the same time, the statement that writes the manifest,
-outbox, audit and idempotency rows; COMMIT once both have succeeded. Rows of an open transaction
-are seen by no one, so no committed row ever names an object that was not stored, and one
-client's request waits for the slower of the two instead of their sum. Four database round
-trips on the happy path: BEGIN, lock+lookup, insert, COMMIT.
+``parse_request`` is pure. ``accept`` runs the one transaction of a request. The S3 write of the
+body under a fresh record id starts at once; beside it, BEGIN and one statement that takes the
+key's advisory lock, looks the key up and, if it is new, writes the manifest, outbox, audit and
+idempotency rows. COMMIT once both have succeeded: rows of an open transaction are seen by no one,
+so no committed row ever names an object that was not stored, and a request waits for the slower
+of the two instead of their sum. Three database round trips: BEGIN, the statement, COMMIT. When
+the key was stored before (a retry, or a conflict), nothing was written, and the object stored
+beside the lookup is deleted before the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
 from dataclasses import dataclass
@@ -113,52 +116,74 @@ async def accept(
 ) -> Accepted:
     """Run the request's transaction; see the module docstring for the order of effects."""
     route = req.format.route
+    record_id = str(uuid.uuid4())
+    key = object_key(req.source, record_id)
+    event = new_event(
+        req.format,
+        record_id=record_id,
+        source=req.source,
+        raw_object=RawObject(store.bucket, key, req.sha256, len(req.body)),
+        correlation_id=correlation_id,
+        record_kind=req.record_kind,
+        schema_hint=req.schema_hint,
+    )
+    response = {"record_id": record_id, "correlation_id": correlation_id}
     try:
-        async with pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(q("ingest_lock_and_lookup"), idempotency_key)
-            if row is not None:
-                if row["request_sha256"] == req.sha256:
-                    return Accepted(response=row["response"], replayed=True)
-                raise IdempotencyConflict()
-            record_id = str(uuid.uuid4())
-            key = object_key(req.source, record_id)
-            event = new_event(
-                req.format,
-                record_id=record_id,
-                source=req.source,
-                raw_object=RawObject(store.bucket, key, req.sha256, len(req.body)),
-                correlation_id=correlation_id,
-                record_kind=req.record_kind,
-                schema_hint=req.schema_hint,
-            )
-            response = {"record_id": record_id, "correlation_id": correlation_id}
-            write = conn.execute(
-                q("ingest_record"),
-                uuid.UUID(record_id),
-                req.source,
-                store.bucket,
-                key,
-                req.sha256,
-                len(req.body),
-                settings.ingest_topic_for(req.format.version),
-                event.to_dict(),
-                correlation_id,
-                actor,
-                {"route": route, "size_bytes": len(req.body), "event_id": event.event_id},
-                idempotency_key,
-                response,
-                route,
-            )
+        async with pool.acquire() as conn:
+            tx = conn.transaction()
+
+            async def write() -> asyncpg.Record:
+                await tx.start()
+                return await conn.fetchrow(
+                    q("ingest_once"),
+                    uuid.UUID(record_id),
+                    req.source,
+                    store.bucket,
+                    key,
+                    req.sha256,
+                    len(req.body),
+                    settings.ingest_topic_for(req.format.version),
+                    event.to_dict(),
+                    correlation_id,
+                    actor,
+                    {"route": route, "size_bytes": len(req.body), "event_id": event.event_id},
+                    idempotency_key,
+                    response,
+                    route,
+                )
+
             # Both run to the end before the transaction ends (a statement in flight cannot be
             # rolled back); a failure of either rolls the rows back.
-            outcomes = await asyncio.gather(
-                store.put(key, req.body, sha256=req.sha256), write, return_exceptions=True
+            row, stored = await asyncio.gather(
+                write(), store.put(key, req.body, sha256=req.sha256), return_exceptions=True
             )
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
-        return Accepted(response=response, replayed=False)
+            if isinstance(row, BaseException) or not row["inserted"]:
+                await _end(tx)
+            elif isinstance(stored, BaseException):
+                await _end(tx)
+                raise stored
+            else:
+                await tx.commit()
+                return Accepted(response=response, replayed=False)
+        if isinstance(row, BaseException):
+            if not isinstance(stored, BaseException):
+                # Nothing names the object now; keep it out of reconcile's orphans if S3 lets us.
+                with contextlib.suppress(StorageUnavailable):
+                    await store.delete(key)
+            raise row
+        # The key was stored before: the object written beside the lookup belongs to no record.
+        if not isinstance(stored, BaseException):
+            await store.delete(key)
+        if row["request_sha256"] != req.sha256:
+            raise IdempotencyConflict()
+        return Accepted(response=row["response"], replayed=True)
     except StorageUnavailable:
         raise Unavailable("s3") from None
     except POSTGRES_UNAVAILABLE:
         raise Unavailable("postgres") from None
+
+
+async def _end(tx: asyncpg.transaction.Transaction) -> None:
+    """Roll ``tx`` back if it started; a connection that broke is the pool's to replace."""
+    with contextlib.suppress(asyncpg.InterfaceError, *POSTGRES_UNAVAILABLE):
+        await tx.rollback()

@@ -1,7 +1,7 @@
 """Fault: the worker killed between a request's S3 write and its commit (the known boundary).
 
 The crash is real, not simulated: the test takes an EXCLUSIVE lock on ``idempotency_keys``, so
-every ingest request of the load stops at its one INSERT statement (which runs beside its S3
+every ingest request of the load stops in its one statement (which runs beside its S3
 PUT) before its transaction commits. Once their raw objects are listed in S3, it SIGKILLs the
 worker with those requests waiting, then lets go of the lock: their transactions roll back,
 their raw objects stay in S3 without any row, and the partners' retries (same key, same body)
@@ -56,7 +56,7 @@ async def _kill_between_put_and_commit(
     # A generous timeout: on a slow machine the requests take longer to reach the lock, and a
     # kill with none waiting strands nothing (asserted below).
     async with stalled(
-        db, worker, "idempotency_keys", "INSERT INTO idempotency_keys", at_least=clients, timeout=60
+        db, worker, "idempotency_keys", "FROM ingest_once(", at_least=clients, timeout=60
     ) as waiting:
         # A request's PUT runs beside its statement: before the kill, the objects of the
         # waiting requests must be in S3 (nothing commits while the lock is held).
