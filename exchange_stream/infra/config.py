@@ -80,7 +80,7 @@ class Settings:
     pg_batch_custom_plans: bool = True
     # Bodies a worker stored, kept in memory for its own normalizer (infra/storage.py); 0: off.
     raw_cache_mb: int = 64
-    outbox_linger_ms: int = 5
+    outbox_linger_ms: int = 30
     kafka_session_timeout_s: int = 10
     kafka_fetch_max_wait_ms: int = 100
     recipient_cache_ttl_s: float = 5.0
@@ -220,7 +220,7 @@ class Settings:
             pg_work_pool_size=get_int("PG_WORK_POOL_SIZE", 8, 2),
             pg_batch_custom_plans=get_bool("PG_BATCH_CUSTOM_PLANS", True),
             raw_cache_mb=get_int("RAW_CACHE_MB", 64, 0),
-            outbox_linger_ms=get_int("OUTBOX_LINGER_MS", 5, 0),
+            outbox_linger_ms=get_int("OUTBOX_LINGER_MS", 30, 0),
             kafka_session_timeout_s=get_int("KAFKA_SESSION_TIMEOUT_S", 10, 6),
             kafka_fetch_max_wait_ms=get_int("KAFKA_FETCH_MAX_WAIT_MS", 100, 1),
             recipient_cache_ttl_s=get_float("RECIPIENT_CACHE_TTL_S", 5.0, 0.0),

@@ -176,8 +176,10 @@ class OutboxRelay(mode.Service):
         self._wake.clear()
         metrics.outbox_relay_wakeups_total.labels(cause).inc()
         if cause == "notify" and self.linger_s:
-            # Commits come in bursts: a few milliseconds more make one batch of them, and each
-            # batch costs the same four round trips whatever its size.
+            # Commits come in bursts: waiting a little (OUTBOX_LINGER_MS, 30 ms by default) makes
+            # one batch of them, and each batch costs the same four round trips whatever its
+            # size. bench/end_to_end.py: at 400-450 req/s, 202->canonical p99 77-100 ms with
+            # 30 ms against 89-375 ms with 5 ms.
             await asyncio.sleep(self.linger_s)
 
     def _on_notify(self, *_: Any) -> None:
