@@ -1,10 +1,10 @@
 """A dependency outage met by a normalizer with work in hand, and what the outage tests measure.
 
 The normalizing worker is paused (SIGSTOP) until the load has had a few more 202s, so its
-backlog is certain to meet the outage; then the service stops, the worker resumes, and the
-service stays down for the variant's time. Meanwhile the normalizer must wait at its gate
-(``/readyz`` names the dependency), dead-letter nothing, and carry on by itself once the service
-is back.
+backlog is certain to meet the outage; then the service is told to stop, the worker resumes as
+soon as the service stops answering, and the service stays down for the variant's time.
+Meanwhile the normalizer must wait at its gate (``/readyz`` names the dependency), dead-letter
+nothing, and carry on by itself once the service is back.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import aiohttp
+import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -41,6 +42,23 @@ async def metric(worker: WorkerProcess, name: str, **labels: str) -> float:
         if line.startswith(wanted + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+async def answers(run: FaultRun, service: str) -> bool:
+    """Whether ``service`` (postgres or s3) takes a new connection and answers on it."""
+    settings = run.settings
+    try:
+        if service == "postgres":
+            conn = await asyncpg.connect(settings.dsn, timeout=2)
+            await conn.close()
+        else:
+            timeout = aiohttp.ClientTimeout(total=2)
+            async with aiohttp.ClientSession(timeout=timeout) as http:
+                async with http.get(settings.minio_endpoint) as r:
+                    await r.read()
+    except Exception:
+        return False
+    return True
 
 
 async def dead_lettered(run: FaultRun) -> int:
@@ -78,14 +96,27 @@ async def outage_with_backlog(
     assert normalizer.proc is not None
     pauses_before = await metric(normalizer, "normalizer_pauses_total", dependency=service)
     accepted = len(load.accepted())
+    stopping: asyncio.Task | None = None
     os.kill(normalizer.proc.pid, signal.SIGSTOP)
     try:
         await load.wait_accepted(accepted + BACKLOG_202S, timeout=60)
         restore_services.append(service)
         stopping_at = time.time()
-        await asyncio.to_thread(stack_service, service, "down")
+        stopping = asyncio.create_task(asyncio.to_thread(stack_service, service, "down"))
+
+        async def gone() -> bool:
+            # A stop that failed is raised below, when it is awaited.
+            return stopping.done() or not await answers(run, service)
+
+        # The worker goes on as soon as the service stops answering, not when its stop returns:
+        # Postgres checkpoints before it exits, which on a slow disk can outlast the worker's
+        # Kafka session (6 s in these tests), and a worker dropped from its group meanwhile
+        # would meet a rebalance as well as the outage.
+        await eventually(gone, timeout=120, interval=0.05)
     finally:
         os.kill(normalizer.proc.pid, signal.SIGCONT)
+        if stopping is not None:
+            await stopping
 
     async def waiting() -> bool:
         return service in (await readyz(normalizer))["normalizer"]["waiting_for"]
