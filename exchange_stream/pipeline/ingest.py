@@ -163,6 +163,7 @@ async def accept(
                 await _end(tx)
                 raise stored
             else:
+                # If the commit fails its outcome is unknown: the object stays (reconcile's).
                 await tx.commit()
                 return Accepted(response=response, replayed=False)
         if isinstance(row, BaseException):
@@ -185,5 +186,5 @@ async def accept(
 
 async def _end(tx: asyncpg.transaction.Transaction) -> None:
     """Roll ``tx`` back if it started; a connection that broke is the pool's to replace."""
-    with contextlib.suppress(asyncpg.InterfaceError, *POSTGRES_UNAVAILABLE):
+    with contextlib.suppress(*POSTGRES_UNAVAILABLE):
         await tx.rollback()
