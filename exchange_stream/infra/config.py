@@ -71,7 +71,6 @@ class Settings:
     max_attempts: int = 5
     backoff_base_ms: int = 200
     web_port: int = 8080
-    normalizer_concurrency: int = 2
     # A batch closes at this many events, or this long after its first one.
     normalizer_batch: int = 200
     normalizer_within_ms: int = 20
@@ -213,7 +212,6 @@ class Settings:
             max_attempts=get_int("MAX_ATTEMPTS", 5, 1),
             backoff_base_ms=get_int("BACKOFF_BASE_MS", 200, 0),
             web_port=get_int("WEB_PORT", 8080, 0),
-            normalizer_concurrency=get_int("NORMALIZER_CONCURRENCY", 2, 1),
             normalizer_batch=get_int("NORMALIZER_BATCH", 200, 1),
             normalizer_within_ms=get_int("NORMALIZER_WITHIN_MS", 20, 1),
             pg_pool_size=get_int("PG_POOL_SIZE", 20, 2),
