@@ -151,7 +151,7 @@ class IsolatedRun:
             return
         settings = self.settings
         asyncio.run(_delete_topics(settings.broker_list, settings.all_topics()))
-        asyncio.run(_drop_database(self.database))
+        asyncio.run(drop_database(Settings.from_env(os.environ).dsn, self.database))
         asyncio.run(_delete_objects(settings, [f"{s}/" for s in self.sources]))
 
 
@@ -192,10 +192,6 @@ async def _delete_objects(settings: Settings, prefixes: list[str]) -> None:
                 )
     except (BotoCoreError, ClientError) as exc:
         print(f"could not delete the raw objects of {prefixes}: {exc!r}", file=sys.stderr)
-
-
-async def _drop_database(name: str) -> None:
-    await drop_database(Settings.from_env(os.environ).dsn, name)
 
 
 def start_worker(workdir: Path, env: Mapping[str, str]) -> WorkerProcess:

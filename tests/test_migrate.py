@@ -134,10 +134,6 @@ async def _scratch_db(settings: Settings) -> tuple[str, str]:
     return name, settings.dsn.rsplit("/", 1)[0] + f"/{name}"
 
 
-async def _drop_db(settings: Settings, name: str) -> None:
-    await drop_database(settings.dsn, name)
-
-
 async def test_migrate_creates_every_spec_table_and_column(stack, settings: Settings) -> None:
     name, dsn = await _scratch_db(settings)
     try:
@@ -158,7 +154,7 @@ async def test_migrate_creates_every_spec_table_and_column(stack, settings: Sett
         finally:
             await conn.close()
     finally:
-        await _drop_db(settings, name)
+        await drop_database(settings.dsn, name)
 
 
 async def test_second_migrate_changes_nothing(stack, settings: Settings) -> None:
@@ -174,7 +170,7 @@ async def test_second_migrate_changes_nothing(stack, settings: Settings) -> None
         finally:
             await conn.close()
     finally:
-        await _drop_db(settings, name)
+        await drop_database(settings.dsn, name)
 
 
 async def test_concurrent_migrators_apply_each_migration_once(stack, settings: Settings) -> None:
@@ -184,4 +180,4 @@ async def test_concurrent_migrators_apply_each_migration_once(stack, settings: S
         applied = sorted(v for r in results for v in r)
         assert applied == [m.version for m in discover()]
     finally:
-        await _drop_db(settings, name)
+        await drop_database(settings.dsn, name)

@@ -425,6 +425,14 @@ async def time_to_recover(
     return seconds
 
 
+def assert_recovered(run: FaultRun, recover_s: list[float | None], after: str) -> None:
+    """Every fault of the run recovered within its wait; else what the waits that ran out saw
+    (``diagnose``), in the assertion message."""
+    assert None not in recover_s, f"not recovered after every {after}: {recover_s}\n" + "\n".join(
+        run.notes
+    )
+
+
 async def diagnose(db: asyncpg.Pool, run: FaultRun, inv: Invariant) -> str:
     """Where the records ``inv`` misses stand (outbox, ledger, manifest) and the warnings the
     run's workers logged last: a few lines, enough to tell a stalled relay from a stuck batch."""

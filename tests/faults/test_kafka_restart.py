@@ -13,7 +13,7 @@ import time
 import asyncpg
 import pytest
 
-from tests.faults.common import FaultRun, Load, Variant, conclude, time_to_recover
+from tests.faults.common import FaultRun, Load, Variant, assert_recovered, conclude, time_to_recover
 from tests.support import stack_service, wait_for_state
 
 VARIANTS = [
@@ -100,7 +100,5 @@ async def test_kafka_restarted_under_load_every_202_becomes_one_canonical_row(
     for outage in outages:
         assert outage["accepted_while_down"] > 0, outage
         assert outage["outbox_waiting"] > 0, "accepted records wait in the outbox"
-    assert None not in recover_s, f"not recovered after every restart: {recover_s}\n" + "\n".join(
-        run.notes
-    )
+    assert_recovered(run, recover_s, "restart")
     assert inv.holds, inv.describe()

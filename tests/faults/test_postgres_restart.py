@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from tests.faults.common import FaultRun, Variant, conclude, time_to_recover
+from tests.faults.common import FaultRun, Variant, assert_recovered, conclude, time_to_recover
 from tests.faults.outages import dead_lettered, outage_with_backlog
 
 VARIANTS = [
@@ -58,7 +58,5 @@ async def test_postgres_down_under_load_is_waited_out_without_restart_or_dead_le
     assert sum(summary["retry_after"].values()) > 0, "and its 503s carry Retry-After"
     assert all(r["pauses"] >= 1 for r in rounds), f"the normalizer paused for each: {rounds}"
     assert dlq == 0, f"{dlq} records dead-lettered because Postgres was down"
-    assert None not in recover_s, f"not recovered after every outage: {recover_s}\n" + "\n".join(
-        run.notes
-    )
+    assert_recovered(run, recover_s, "outage")
     assert inv.holds, inv.describe()

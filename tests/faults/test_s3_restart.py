@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from tests.faults.common import FaultRun, Variant, conclude, time_to_recover
+from tests.faults.common import FaultRun, Variant, assert_recovered, conclude, time_to_recover
 from tests.faults.outages import dead_lettered, outage_with_backlog
 
 VARIANTS = [
@@ -63,7 +63,5 @@ async def test_s3_down_under_load_is_waited_out_and_nothing_is_dead_lettered(
     assert (normalizer.starts, front.starts) == (1, 1)
     assert normalizer.proc is not None and normalizer.proc.poll() is None
     assert front.proc is not None and front.proc.poll() is None
-    assert None not in recover_s, f"not recovered after every outage: {recover_s}\n" + "\n".join(
-        run.notes
-    )
+    assert_recovered(run, recover_s, "outage")
     assert inv.holds, inv.describe()

@@ -22,6 +22,7 @@ import pytest
 from tests.faults.common import (
     FaultRun,
     Variant,
+    assert_recovered,
     conclude,
     group_assignments,
     stalled,
@@ -111,9 +112,7 @@ async def test_worker_sigkilled_repeatedly_loses_and_duplicates_nothing(
     assert worker.starts == variant.faults + 1
     assert summary["errors"], "the kills should have cut requests off"
     assert all(mid_batch), f"each kill should land mid-batch: {mid_batch}"
-    assert None not in recover_s, f"not recovered after every kill: {recover_s}\n" + "\n".join(
-        run.notes
-    )
+    assert_recovered(run, recover_s, "kill")
     assert inv.holds, inv.describe()
 
 
@@ -168,7 +167,5 @@ async def test_two_workers_one_sigkilled_partitions_move_to_the_survivor(
     assert all(mid_batch), f"each kill should land mid-batch: {mid_batch}"
     survivor = workers[1 - (variant.faults - 1) % 2]
     assert survivor.proc is not None and survivor.proc.poll() is None, "the survivor kept running"
-    assert None not in recover_s, f"not recovered after every kill: {recover_s}\n" + "\n".join(
-        run.notes
-    )
+    assert_recovered(run, recover_s, "kill")
     assert inv.holds, inv.describe()
