@@ -1,18 +1,20 @@
 """Ingest: validate a partner request, keep its raw bytes, and record it durably.
 
-``parse_request`` is pure. ``accept`` runs the one transaction of a request. The S3 write of the
-body under a fresh record id starts at once; beside it, BEGIN and one statement that takes the
-key's advisory lock, looks the key up and, if it is new, writes the manifest, outbox, audit and
-idempotency rows. COMMIT once both have succeeded: rows of an open transaction are seen by no one,
-so no committed row ever names an object that was not stored, and a request waits for the slower
-of the two instead of their sum. Three database round trips: BEGIN, the statement, COMMIT. When
-the key was stored before (a retry, or a conflict), nothing was written, and the object stored
-beside the lookup is deleted before the answer.
+``parse_request`` is pure. ``accept`` makes a request durable in two steps. First the S3 write of
+the body under a fresh record id. Then one statement, which Postgres runs as its own transaction
+(one round trip, its commit included): it takes the key's advisory lock, looks the key up and, if
+it is new, writes the manifest, outbox, audit and idempotency rows. The object is stored before
+any row can name it, so no committed row ever names an object that was not stored.
+
+When the key was stored before (a retry, or a conflict), nothing was written, and the object is
+deleted before the answer. When the statement fails, the object is deleted only if nothing can
+have been written: the connection could not be had, or the server refused the statement (its
+transaction rolled back). A connection lost during the statement leaves its outcome unknown, so
+the object stays, as after a crash, for ``reconcile`` (docs/CONTRACT.md §2).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import uuid
@@ -129,62 +131,55 @@ async def accept(
     )
     response = {"record_id": record_id, "correlation_id": correlation_id}
     try:
-        async with pool.acquire() as conn:
-            tx = conn.transaction()
-
-            async def write() -> asyncpg.Record:
-                await tx.start()
-                return await conn.fetchrow(
-                    q("ingest_once"),
-                    uuid.UUID(record_id),
-                    req.source,
-                    store.bucket,
-                    key,
-                    req.sha256,
-                    len(req.body),
-                    settings.ingest_topic_for(req.format.version),
-                    event.to_dict(),
-                    correlation_id,
-                    actor,
-                    {"route": route, "size_bytes": len(req.body), "event_id": event.event_id},
-                    idempotency_key,
-                    response,
-                    route,
-                )
-
-            # Both run to the end before the transaction ends (a statement in flight cannot be
-            # rolled back); a failure of either rolls the rows back.
-            row, stored = await asyncio.gather(
-                write(), store.put(key, req.body, sha256=req.sha256), return_exceptions=True
-            )
-            if isinstance(row, BaseException) or not row["inserted"]:
-                await _end(tx)
-            elif isinstance(stored, BaseException):
-                await _end(tx)
-                raise stored
-            else:
-                # If the commit fails its outcome is unknown: the object stays (reconcile's).
-                await tx.commit()
-                return Accepted(response=response, replayed=False)
-        if isinstance(row, BaseException):
-            if not isinstance(stored, BaseException):
-                # Nothing names the object now; keep it out of reconcile's orphans if S3 lets us.
-                with contextlib.suppress(StorageUnavailable):
-                    await store.delete(key)
-            raise row
-        # The key was stored before: the object written beside the lookup belongs to no record.
-        if not isinstance(stored, BaseException):
-            await store.delete(key)
-        if row["request_sha256"] != req.sha256:
-            raise IdempotencyConflict()
-        return Accepted(response=row["response"], replayed=True)
+        await store.put(key, req.body, sha256=req.sha256)
     except StorageUnavailable:
         raise Unavailable("s3") from None
+    try:
+        conn = await pool.acquire()
     except POSTGRES_UNAVAILABLE:
+        await _discard(store, key)
         raise Unavailable("postgres") from None
+    try:
+        row = await conn.fetchrow(
+            q("ingest_once"),
+            uuid.UUID(record_id),
+            req.source,
+            store.bucket,
+            key,
+            req.sha256,
+            len(req.body),
+            settings.ingest_topic_for(req.format.version),
+            event.to_dict(),
+            correlation_id,
+            actor,
+            {"route": route, "size_bytes": len(req.body), "event_id": event.event_id},
+            idempotency_key,
+            response,
+            route,
+        )
+    except POSTGRES_UNAVAILABLE:
+        # Lost during the statement: it may have committed, so the object stays.
+        raise Unavailable("postgres") from None
+    except asyncpg.PostgresError:
+        # Refused by the server: the statement's transaction rolled back.
+        await _discard(store, key)
+        raise
+    finally:
+        await pool.release(conn)
+    if row["inserted"]:
+        return Accepted(response=response, replayed=False)
+    # The key was stored before: the object written for this request belongs to no record.
+    try:
+        await store.delete(key)
+    except StorageUnavailable:
+        raise Unavailable("s3") from None
+    if row["request_sha256"] != req.sha256:
+        raise IdempotencyConflict()
+    return Accepted(response=row["response"], replayed=True)
 
 
-async def _end(tx: asyncpg.transaction.Transaction) -> None:
-    """Roll ``tx`` back if it started; a connection that broke is the pool's to replace."""
-    with contextlib.suppress(*POSTGRES_UNAVAILABLE):
-        await tx.rollback()
+async def _discard(store: RawStore, key: str) -> None:
+    """Delete an object no row names, best effort: one that S3 fails to delete is left to
+    ``reconcile``, like a crash's."""
+    with contextlib.suppress(StorageUnavailable):
+        await store.delete(key)

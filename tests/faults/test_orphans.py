@@ -1,11 +1,14 @@
 """Fault: the worker killed between a request's S3 write and its commit (the known boundary).
 
-The crash is real, not simulated: the test takes an EXCLUSIVE lock on ``idempotency_keys``, so
-every ingest request of the load stops in its one statement (which runs beside its S3
-PUT) before its transaction commits. Once their raw objects are listed in S3, it SIGKILLs the
-worker with those requests waiting, then lets go of the lock: their transactions roll back,
-their raw objects stay in S3 without any row, and the partners' retries (same key, same body)
-are accepted under new record ids.
+The crash is real, not simulated. The worker's request pool has two connections
+(``PG_POOL_SIZE=2``) and the load four clients. The test takes an EXCLUSIVE lock on
+``idempotency_keys``: two requests stop in their statement, holding both connections, and the
+other two, their raw objects stored, wait for a connection. Once those objects are listed in S3,
+it SIGKILLs the worker, then lets go of the lock. The two statements run on (each is its own
+transaction, and Postgres finishes a statement whose client has gone), so their records exist and
+their partners' retries get the stored answers. The two requests that waited for a connection
+leave their raw objects without any row, and their partners' retries (same key, same body) are
+accepted under new record ids.
 
 Then the orphans are counted independently (the S3 listing through botocore, minus the manifest),
 ``reconcile`` must report exactly those, ``reconcile --repair`` must resolve each, and the
@@ -47,36 +50,41 @@ VARIANTS = [
 ]
 
 
-async def _kill_between_put_and_commit(
+# Connections of the worker's request pool: fewer than the load's clients, so that some requests
+# wait for one with their raw objects stored.
+POOL_SIZE = 2
+
+
+async def _kill_between_put_and_statement(
     db: asyncpg.Pool, run: FaultRun, worker: WorkerProcess, clients: int, known: set[str]
 ) -> int:
-    """SIGKILL the worker while its ingest requests wait between their S3 PUT and their COMMIT;
-    return how many were waiting. ``known`` holds the orphans of earlier kills and gets this
-    kill's."""
-    # A generous timeout: on a slow machine the requests take longer to reach the lock, and a
-    # kill with none waiting strands nothing (asserted below).
+    """SIGKILL the worker while some of its ingest requests wait for a connection, their S3 PUT
+    done; return how many were waiting. ``known`` holds the objects of earlier kills and gets
+    this kill's."""
+    # A generous timeout: on a slow machine the requests take longer to reach the lock.
     async with stalled(
-        db, worker, "idempotency_keys", "FROM ingest_once(", at_least=clients, timeout=60
-    ) as waiting:
-        # A request's PUT runs beside its statement: before the kill, the objects of the
-        # waiting requests must be in S3 (nothing commits while the lock is held).
+        db, worker, "idempotency_keys", "FROM ingest_once(", at_least=POOL_SIZE, timeout=60
+    ) as in_statement:
+        assert in_statement == POOL_SIZE, "every connection of the pool waits on the lock"
+        # Every client's request has stored its object: two are in the statements above, the
+        # others wait for a connection (nothing commits while the lock is held).
         fresh: set[str] = set()
 
-        async def objects_of_the_waiting_stored() -> bool:
+        async def every_clients_object_stored() -> bool:
             manifest = await db.fetch(
                 "SELECT record_id::text AS id FROM raw_object_manifest WHERE source = $1",
                 run.source,
             )
             listed = await s3_record_ids(run.settings, run.source)
             fresh.update(listed - {r["id"] for r in manifest} - known)
-            return len(fresh) >= waiting
+            return len(fresh) >= clients
 
-        await eventually(objects_of_the_waiting_stored, timeout=60)
+        await eventually(every_clients_object_stored, timeout=60)
         worker.kill()
     known.update(fresh)
     worker.start()
     await worker.wait_healthy()
-    return waiting
+    return len(fresh) - in_statement
 
 
 async def _reconcile(run: FaultRun, *repair: str) -> dict:
@@ -107,16 +115,16 @@ async def test_killed_between_s3_write_and_commit_reconcile_finds_and_resolves_e
 ) -> None:
     """Worker SIGKILLed between the S3 write and the commit"""
     run = fault_run
-    worker = await run.start_worker()
+    worker = await run.start_worker(PG_POOL_SIZE=str(POOL_SIZE))
     load = run.start_load([worker.base_url])
     await load.wait_accepted(20)
     stranded: list[int] = []
-    known_orphans: set[str] = set()
+    known_objects: set[str] = set()
     recovering: list[asyncio.Task] = []
     for i in range(variant.faults):
         await run.next_fault(load, i)
         stranded.append(
-            await _kill_between_put_and_commit(db, run, worker, load.clients, known_orphans)
+            await _kill_between_put_and_statement(db, run, worker, load.clients, known_objects)
         )
         back_at = time.time()
         # Measured beside the rest of the run: the next fault's moment follows the load, and
