@@ -13,7 +13,8 @@ MINIO_ENDPOINT, as for the tests), both kept running for the whole run:
                has its own database (``<POSTGRES_DB>_bench_ingest_only``, migrated here) and its
                events go to a topic nobody reads, so the other worker's relay and normalizer
                never do part of its work
-  full         ingest + outbox relay + normalizer, on a topic of its own for this run
+  full         ingest + outbox relay + normalizer, on a topic of its own for this run, on the
+               stack's database (POSTGRES_DB, migrated here)
 At each connection count the systems take turns (the order reverses every round). Before each
 cell, the script waits until every measured process is idle, so a normalizer still draining the
 previous cell does not take CPU from the next. The client is ``wrk`` with bench/wrk/ingest.lua;
@@ -252,6 +253,8 @@ def main() -> None:
                     },
                 )
             if "full" in wanted:
+                # The stack's own database (POSTGRES_DB): on a fresh stack nothing migrated it.
+                migrate({})
                 workers["full"] = start_worker(
                     tmp_path / "full",
                     {

@@ -1,4 +1,5 @@
-"""Kafka down: ingest keeps accepting and the outbox drains later. S3 down: 503, nothing kept."""
+"""Kafka down: ingest keeps accepting and the outbox drains later. S3 down: 503, nothing kept,
+and a stored key answered again."""
 
 from __future__ import annotations
 
@@ -93,12 +94,21 @@ async def test_s3_down_is_503_without_rows_and_the_same_key_works_after(
     restore_services: list[str],
 ) -> None:
     key, body = new_key(), v2_body()
+    stored_key, stored_body = new_key(), v2_body()
+    url = f"{worker.base_url}/v2/ingest"
+    status, first, _ = await post_json(http, url, stored_body, key=stored_key)
+    assert status == 202, first
     restore_services.append("s3")
     stack_service("s3", "down")
-    status, resp, headers = await post_json(http, f"{worker.base_url}/v2/ingest", body, key=key)
+    status, resp, headers = await post_json(http, url, body, key=key)
     assert (status, resp) == (503, {"error": "s3 unavailable"})
     assert int(headers["Retry-After"]) >= 1
     assert await db.fetchval("SELECT count(*) FROM idempotency_keys WHERE key = $1", key) == 0
+    # A key stored before needs no object: its retry is answered, and another body refused.
+    status, resp, _ = await post_json(http, url, stored_body, key=stored_key)
+    assert (status, resp) == (202, first)
+    status, resp, _ = await post_json(http, url, v2_body(), key=stored_key)
+    assert (status, resp) == (409, {"error": "idempotency conflict"})
     stack_service("s3", "up")
     status, resp, _ = await post_json(http, f"{worker.base_url}/v2/ingest", body, key=key)
     assert status == 202, resp

@@ -7,10 +7,11 @@ it is new, writes the manifest, outbox, audit and idempotency rows. The object i
 any row can name it, so no committed row ever names an object that was not stored.
 
 When the key was stored before (a retry, or a conflict), nothing was written, and the object is
-deleted before the answer. When the statement fails, the object is deleted only if nothing can
-have been written: the connection could not be had, or the server refused the statement (its
-transaction rolled back). A connection lost during the statement leaves its outcome unknown, so
-the object stays, as after a crash, for ``reconcile`` (docs/CONTRACT.md §2).
+deleted before the answer; with S3 down, such a key is looked up and answered all the same. When
+the statement fails, the object is deleted only if nothing can have been written: the connection
+could not be had, or the server refused the statement (its transaction rolled back). A connection
+lost during the statement leaves its outcome unknown, so the object stays, as after a crash, for
+``reconcile`` (docs/CONTRACT.md §2).
 """
 
 from __future__ import annotations
@@ -133,7 +134,11 @@ async def accept(
     try:
         await store.put(key, req.body, sha256=req.sha256)
     except StorageUnavailable:
-        raise Unavailable("s3") from None
+        # A key stored before needs no object: its retry is answered while S3 is down.
+        stored = await _stored(pool, idempotency_key)
+        if stored is None:
+            raise Unavailable("s3") from None
+        return _answer_again(stored, req)
     try:
         conn = await pool.acquire()
     except POSTGRES_UNAVAILABLE:
@@ -173,9 +178,22 @@ async def accept(
         await store.delete(key)
     except StorageUnavailable:
         raise Unavailable("s3") from None
-    if row["request_sha256"] != req.sha256:
+    return _answer_again(row, req)
+
+
+def _answer_again(stored: asyncpg.Record, req: IngestRequest) -> Accepted:
+    """The stored response for the same body; a conflict for another."""
+    if stored["request_sha256"] != req.sha256:
         raise IdempotencyConflict()
-    return Accepted(response=row["response"], replayed=True)
+    return Accepted(response=stored["response"], replayed=True)
+
+
+async def _stored(pool: asyncpg.Pool, idempotency_key: str) -> asyncpg.Record | None:
+    """The key's stored hash and response; None when it is new or Postgres does not answer."""
+    try:
+        return await pool.fetchrow(q("idempotency_lookup"), idempotency_key)
+    except POSTGRES_UNAVAILABLE:
+        return None
 
 
 async def _discard(store: RawStore, key: str) -> None:
