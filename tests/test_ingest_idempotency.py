@@ -15,7 +15,7 @@ from tests.support import WorkerProcess, independent_s3_client, post_json
 
 async def _objects(settings: Settings, source: str) -> list[str]:
     """Keys of the raw objects under ``source``, listed with an S3 client not the service's.
-    The object written beside the key's lookup must be gone when a replay or 409 is answered."""
+    The object written for the request must be gone when a replay or 409 is answered."""
     async with independent_s3_client(settings) as client:
         page = await client.list_objects_v2(Bucket=settings.raw_bucket, Prefix=f"{source}/")
     return [o["Key"] for o in page.get("Contents", [])]

@@ -1,7 +1,8 @@
 -- name: ingest_once
--- Everything an accepted request writes, in one statement of the ingest transaction, if its
--- Idempotency-Key is new (see migration 0011): the manifest ('enqueued'), the outbox event, the
--- audit row and the key with its response. Otherwise nothing, and the stored hash and response.
+-- Everything an accepted request writes, in one statement run as its own transaction once the
+-- raw object is stored, if its Idempotency-Key is new (see migration 0011): the manifest
+-- ('enqueued'), the outbox event, the audit row and the key with its response. Otherwise
+-- nothing, and the stored hash and response.
 -- $1 record_id, $2 source, $3 bucket, $4 object_key, $5 sha256, $6 size_bytes, $7 topic,
 -- $8 event, $9 correlation_id, $10 actor, $11 audit details, $12 key, $13 response, $14 route
 SELECT inserted, request_sha256, response
