@@ -80,8 +80,25 @@ def restore_services() -> Iterator[list[str]]:
         stack_service(name, "up")
 
 
+def new_signing_key_pem() -> str:
+    """A fresh Ed25519 private key in PEM, for ACCESS_TOKEN_SIGNING_KEY (never committed)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return (
+        Ed25519PrivateKey.generate()
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+
+
 STRICT_ENV = {
     "ENV": "staging",
+    "ACCESS_TOKEN_SIGNING_KEY": new_signing_key_pem(),
     "JWT_SECRET": "test-jwt-secret-0123456789abcdef",
     "JWT_ISSUER": "https://issuer.test",
     "JWT_AUDIENCE": "exchange-stream-test",

@@ -13,7 +13,7 @@ from exchange_stream.core.formats import IngestFormat
 from exchange_stream.infra import metrics
 from exchange_stream.infra.logs import correlation_id_var
 from exchange_stream.pipeline import ingest
-from web.auth import Unauthorized, authenticate
+from web.auth import INGEST, Unauthorized, authenticate
 from web.context import CONTEXT, MAX_BODY_BYTES
 from web.responses import error, json_response
 
@@ -70,9 +70,11 @@ async def _ingest(request: web.Request, fmt: IngestFormat) -> web.Response:
     ctx = request.app[CONTEXT]
     settings = ctx.settings
     try:
-        actor = authenticate(request.headers.get("Authorization"), settings).actor
+        principal = authenticate(request.headers.get("Authorization"), settings)
     except Unauthorized:
         return error(401, "unauthorized")
+    if not principal.can(INGEST):
+        return error(403, "forbidden")
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return error(400, "missing header: Idempotency-Key")
@@ -88,6 +90,9 @@ async def _ingest(request: web.Request, fmt: IngestFormat) -> web.Response:
         req = ingest.parse_request(fmt, body)
     except ingest.BadRequest as exc:
         return error(400, exc.reason)
+    if not principal.may_send(req.source):
+        # Checked on the parsed body, before anything is written: no round trip, no side effect.
+        return error(403, "forbidden")
     try:
         result = await ingest.accept(
             ctx.pool,
@@ -96,7 +101,7 @@ async def _ingest(request: web.Request, fmt: IngestFormat) -> web.Response:
             req,
             idempotency_key=key,
             correlation_id=correlation_id,
-            actor=actor,
+            actor=principal.actor,
         )
     except ingest.IdempotencyConflict:
         return error(409, "idempotency conflict")

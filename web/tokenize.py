@@ -10,7 +10,7 @@ from aiohttp import web
 from exchange_stream.core.identity import IdentityError
 from exchange_stream.infra import metrics
 from exchange_stream.infra.contracts import ContractViolation, check_request
-from web.auth import Unauthorized, authenticate
+from web.auth import TOKENIZE, Unauthorized, authenticate
 from web.context import CONTEXT
 from web.ingest import read_body
 from web.responses import error, json_response
@@ -29,9 +29,11 @@ async def tokenize(request: web.Request) -> web.Response:
 async def _tokenize(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     try:
-        authenticate(request.headers.get("Authorization"), ctx.settings)
+        principal = authenticate(request.headers.get("Authorization"), ctx.settings)
     except Unauthorized:
         return error(401, "unauthorized")
+    if not principal.can(TOKENIZE):
+        return error(403, "forbidden")
     try:
         body = await read_body(request)
     except web.HTTPRequestEntityTooLarge:

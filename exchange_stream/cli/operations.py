@@ -91,6 +91,9 @@ def _add_params(p: argparse.ArgumentParser, op: Operation) -> None:
             kwargs.update(type=int, metavar="N")
         elif spec.get("type") == "number":
             kwargs.update(type=float, metavar="X")
+        elif "x-file" in spec:
+            # A JSON document given as a file on the shell, and as itself on the control topic.
+            kwargs.update(type=_json_file, metavar=spec["x-file"])
         else:
             kwargs.update(metavar=name.upper())
         if "x-positional" in spec:
@@ -103,6 +106,17 @@ def _add_params(p: argparse.ArgumentParser, op: Operation) -> None:
         if name in required:
             kwargs["required"] = True
         p.add_argument(flag, **kwargs)
+
+
+def _json_file(path: str) -> Any:
+    """The JSON document in the file ``path`` (an option of type ``x-file``)."""
+    try:
+        with open(path, "rb") as f:
+            return orjson.loads(f.read())
+    except OSError:
+        raise argparse.ArgumentTypeError("cannot read the file") from None
+    except orjson.JSONDecodeError:
+        raise argparse.ArgumentTypeError("the file is not JSON") from None
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

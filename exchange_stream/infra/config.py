@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
+from exchange_stream.core.access_token import LOCAL_PLACEHOLDER as _LOCAL_ACCESS_KEY
+from exchange_stream.core.access_token import SigningKeyInvalid, signing_key
 from exchange_stream.core.formats import FORMATS
 from exchange_stream.infra.topics import (
     CONTROL,
@@ -28,6 +30,7 @@ _SECRET_DEFAULTS = {
     "JWT_SECRET": "dev-jwt-secret-change-me",
     "TOKENIZER_HMAC_SECRET": "dev-tokenizer-secret-change-me",
     "RECIPIENT_TOKEN_SECRET": "dev-recipient-token-secret-change-me",
+    "ACCESS_TOKEN_SIGNING_KEY": _LOCAL_ACCESS_KEY,
 }
 # Minimum lengths (bytes of UTF-8) of the keys this service owns, outside ENV=local. HS256 keys
 # shorter than the hash (32 bytes) are refused by RFC 7518 §3.2.
@@ -62,6 +65,17 @@ class Settings:
     jwt_issuer: str = "exchange-stream-local"
     jwt_audience: str = "exchange-stream"
     jwt_secret: str = field(default=_SECRET_DEFAULTS["JWT_SECRET"], repr=False)
+    # HS256 JWTs signed with JWT_SECRET are accepted while this is on (JWT_HS256=0: off, once
+    # every caller has moved to the exchange's own access tokens).
+    jwt_hs256: bool = True
+    # The Ed25519 private key (PEM) that signs the access tokens of POST /auth/token; every
+    # worker must have the same one.
+    access_token_signing_key: str = field(
+        default=_SECRET_DEFAULTS["ACCESS_TOKEN_SIGNING_KEY"], repr=False
+    )
+    # Scheme, host and optional path prefix of the absolute URLs the exchange publishes (SMART
+    # discovery, the token URL an assertion's aud must name); None: the request's own.
+    public_base_url: str | None = None
     tokenizer_hmac_secret: str = field(
         default=_SECRET_DEFAULTS["TOKENIZER_HMAC_SECRET"], repr=False
     )
@@ -76,6 +90,8 @@ class Settings:
     normalizer_within_ms: int = 20
     pg_pool_size: int = 20
     pg_work_pool_size: int = 8
+    # The read API's own pool (GraphQL): a burst of reads never takes ingest's connections.
+    pg_read_pool_size: int = 10
     pg_batch_custom_plans: bool = True
     # Bodies a worker stored, kept in memory for its own normalizer (infra/storage.py); 0: off.
     raw_cache_mb: int = 64
@@ -203,6 +219,11 @@ class Settings:
             jwt_issuer=get("JWT_ISSUER", "exchange-stream-local"),
             jwt_audience=get("JWT_AUDIENCE", "exchange-stream"),
             jwt_secret=get("JWT_SECRET", _SECRET_DEFAULTS["JWT_SECRET"]),
+            jwt_hs256=get_bool("JWT_HS256", True),
+            access_token_signing_key=get(
+                "ACCESS_TOKEN_SIGNING_KEY", _SECRET_DEFAULTS["ACCESS_TOKEN_SIGNING_KEY"]
+            ),
+            public_base_url=_base_url(e.get("PUBLIC_BASE_URL") or None),
             tokenizer_hmac_secret=get(
                 "TOKENIZER_HMAC_SECRET", _SECRET_DEFAULTS["TOKENIZER_HMAC_SECRET"]
             ),
@@ -216,6 +237,7 @@ class Settings:
             normalizer_within_ms=get_int("NORMALIZER_WITHIN_MS", 20, 1),
             pg_pool_size=get_int("PG_POOL_SIZE", 20, 2),
             pg_work_pool_size=get_int("PG_WORK_POOL_SIZE", 8, 2),
+            pg_read_pool_size=get_int("PG_READ_POOL_SIZE", 10, 1),
             pg_batch_custom_plans=get_bool("PG_BATCH_CUSTOM_PLANS", True),
             raw_cache_mb=get_int("RAW_CACHE_MB", 64, 0),
             outbox_linger_ms=get_int("OUTBOX_LINGER_MS", 30, 0),
@@ -238,6 +260,12 @@ class Settings:
         """Outside ``ENV=local``: every secret must come from the environment, none may be a
         local placeholder or the local stack's own password, and the keys this service owns
         must be long enough. Messages name variables, never values."""
+        try:
+            signing_key(self.access_token_signing_key)
+        except SigningKeyInvalid:
+            raise ConfigError(
+                "ACCESS_TOKEN_SIGNING_KEY must be an Ed25519 private key in PEM (unencrypted)"
+            ) from None
         if self.is_local:
             return
         given = set(explicitly_set)
@@ -247,6 +275,7 @@ class Settings:
             "JWT_SECRET": self.jwt_secret,
             "TOKENIZER_HMAC_SECRET": self.tokenizer_hmac_secret,
             "RECIPIENT_TOKEN_SECRET": self.recipient_token_secret,
+            "ACCESS_TOKEN_SIGNING_KEY": self.access_token_signing_key,
         }
         if self.database_url:
             # The password then travels inside DATABASE_URL; POSTGRES_PASSWORD is unused.
@@ -271,6 +300,16 @@ class Settings:
         )
         if weak:
             raise ConfigError(f"ENV={self.env} refuses weak secrets: {', '.join(weak)}")
+
+
+def _base_url(value: str | None) -> str | None:
+    """``PUBLIC_BASE_URL`` without its trailing slash; an http(s) URL without query or fragment."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError("PUBLIC_BASE_URL must be an http(s) URL without query or fragment")
+    return value.rstrip("/")
 
 
 def _topic_names(environ: Mapping[str, str]) -> dict[str, str]:

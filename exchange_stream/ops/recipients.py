@@ -1,4 +1,5 @@
-"""Recipients and their key versions: add, list, rotate a key, retire a key, revoke.
+"""Recipients and their key versions: add, list, rotate a key, retire a key, revoke; and the
+JWKS a recipient signs its SMART Backend Services assertions with (add ``--jwks``, set-jwks).
 
 Every change is one transaction that also writes its ``audit_log`` row. Keys are derived from
 ``RECIPIENT_TOKEN_SECRET`` per (recipient, version) (``core/recipient_token.py`` says why), so a
@@ -11,16 +12,55 @@ from __future__ import annotations
 
 from typing import Any
 
+from exchange_stream.core.jwks import JwksInvalid, validate_jwks
 from exchange_stream.infra.sql import q
-from exchange_stream.ops.framework import Operation, OperationFailed, OpsContext, ProgressFn
+from exchange_stream.ops.framework import (
+    Operation,
+    OperationFailed,
+    OpsContext,
+    ParamsInvalid,
+    ProgressFn,
+)
 
 
 async def add(ctx: OpsContext, params: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
     recipient = params["recipient"]
-    created = await ctx.pool.fetchval(q("recipients_add"), recipient, ctx.actor, ctx.correlation_id)
-    if created is None:
-        raise OperationFailed("recipient already registered", {"recipient": recipient})
-    return {"recipient": recipient, "status": "active", "version": 1}
+    jwks = validate_jwks(params["jwks"]) if "jwks" in params else None
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        created = await conn.fetchval(q("recipients_add"), recipient, ctx.actor, ctx.correlation_id)
+        if created is None:
+            raise OperationFailed("recipient already registered", {"recipient": recipient})
+        if jwks is not None:
+            await _set_jwks(ctx, conn, recipient, jwks)
+    result: dict[str, Any] = {"recipient": recipient, "status": "active", "version": 1}
+    if jwks is not None:
+        result["jwks_keys"] = len(jwks["keys"])
+    return result
+
+
+async def set_jwks(ctx: OpsContext, params: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
+    recipient = params["recipient"]
+    jwks = validate_jwks(params["jwks"])
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        await _active(conn, recipient)
+        await _set_jwks(ctx, conn, recipient, jwks)
+    return {"recipient": recipient, "jwks_keys": len(jwks["keys"])}
+
+
+async def _set_jwks(ctx: OpsContext, conn: Any, recipient: str, jwks: dict[str, Any]) -> None:
+    details = {"keys": len(jwks["keys"]), "kids": [k["kid"] for k in jwks["keys"] if "kid" in k]}
+    await conn.fetchval(
+        q("recipients_set_jwks"), recipient, jwks, ctx.actor, ctx.correlation_id, details
+    )
+
+
+def _check_jwks(params: dict[str, Any]) -> None:
+    """A JWKS must hold public RSA (2048 bits or more) or EC P-384 keys only."""
+    if "jwks" in params:
+        try:
+            validate_jwks(params["jwks"])
+        except JwksInvalid as exc:
+            raise ParamsInvalid(f"invalid field: jwks: {exc}") from None
 
 
 async def list_all(ctx: OpsContext, params: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
@@ -35,6 +75,7 @@ async def list_all(ctx: OpsContext, params: dict[str, Any], progress: ProgressFn
                 "current_version": max(active) if active and r["status"] == "active" else None,
                 "resolvable_versions": active if r["status"] == "active" else [],
                 "keys": r["keys"],
+                "jwks_keys": r["jwks_keys"],
                 "created_at": r["created_at"].isoformat(),
                 "revoked_at": r["revoked_at"].isoformat() if r["revoked_at"] else None,
             }
@@ -108,7 +149,16 @@ async def _active(conn: Any, recipient: str) -> None:
 
 
 OPERATIONS = (
-    Operation("recipients_add", ("recipients", "add"), "register a recipient", add),
+    Operation(
+        "recipients_add", ("recipients", "add"), "register a recipient", add, check=_check_jwks
+    ),
+    Operation(
+        "recipients_set_jwks",
+        ("recipients", "set-jwks"),
+        "register or replace the public keys of a recipient's SMART Backend Services client",
+        set_jwks,
+        check=_check_jwks,
+    ),
     Operation(
         "recipients_list", ("recipients", "list"), "recipients and their key versions", list_all
     ),

@@ -43,7 +43,9 @@ SELECT r.recipient_id, r.status, r.created_at, r.revoked_at,
                                              'created_at', k.created_at,
                                              'retired_at', k.retired_at)
                           ORDER BY k.version) FILTER (WHERE k.version IS NOT NULL),
-                '[]'::jsonb) AS keys
+                '[]'::jsonb) AS keys,
+       (SELECT jsonb_array_length(c.jwks -> 'keys') FROM recipient_clients c
+        WHERE c.recipient_id = r.recipient_id) AS jwks_keys
 FROM recipients r LEFT JOIN recipient_keys k USING (recipient_id)
 GROUP BY r.recipient_id
 ORDER BY r.recipient_id

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from exchange_stream.infra.config import ConfigError, Settings
+from tests.conftest import new_signing_key_pem
 
 SECRETS = {
     "POSTGRES_PASSWORD": "pg-s3cret-value",
@@ -15,6 +16,7 @@ SECRETS = {
     "JWT_SECRET": "jwt-s3cret-value-0123456789abcdefghij",
     "TOKENIZER_HMAC_SECRET": "hmac-s3cret-value-0123456789",
     "RECIPIENT_TOKEN_SECRET": "recipient-s3cret-value-0123456789abcdef",
+    "ACCESS_TOKEN_SIGNING_KEY": new_signing_key_pem(),
 }
 
 
@@ -92,6 +94,8 @@ def test_the_local_password_inside_database_url_is_refused_outside_local() -> No
         ("JWT_SECRET", "dev-jwt-secret-change-me"),
         ("TOKENIZER_HMAC_SECRET", "short"),
         ("TOKENIZER_HMAC_SECRET", "dev-tokenizer-secret-change-me"),
+        ("ACCESS_TOKEN_SIGNING_KEY", "dev-access-token-key-change-me"),
+        ("ACCESS_TOKEN_SIGNING_KEY", "not a PEM key"),
     ],
 )
 def test_weak_or_placeholder_keys_are_refused_outside_local(name: str, value: str) -> None:
@@ -127,3 +131,12 @@ def test_worker_refuses_to_start_with_default_secrets() -> None:
     assert result.returncode == 2
     assert "JWT_SECRET" in result.stderr
     assert "TOKENIZER_HMAC_SECRET" in result.stderr
+
+
+def test_hs256_and_public_base_url_settings() -> None:
+    s = Settings.from_env({})
+    assert (s.jwt_hs256, s.public_base_url) == (True, None)
+    s = Settings.from_env({"JWT_HS256": "0", "PUBLIC_BASE_URL": "https://x.test/api/"})
+    assert (s.jwt_hs256, s.public_base_url) == (False, "https://x.test/api")
+    with pytest.raises(ConfigError, match="PUBLIC_BASE_URL"):
+        Settings.from_env({"PUBLIC_BASE_URL": "x.test"})

@@ -8,7 +8,14 @@ import jwt
 import pytest
 
 from exchange_stream.infra.config import Settings
-from web.auth import DEV_RECIPIENT, READ_RECORDS, Unauthorized, authenticate
+from tests.conftest import new_signing_key_pem
+from web.auth import (
+    DEV_RECIPIENT,
+    PARTNER_DEFAULT_SCOPES,
+    READ_RECORDS,
+    Unauthorized,
+    authenticate,
+)
 
 SECRET = "unit-jwt-secret-0123456789abcdef-xyz"
 STRICT = Settings.from_env(
@@ -21,6 +28,7 @@ STRICT = Settings.from_env(
         "MINIO_SECRET_KEY": "s3-unit-secret",
         "TOKENIZER_HMAC_SECRET": "hmac-unit-secret-0123456789",
         "RECIPIENT_TOKEN_SECRET": "recipient-unit-secret-0123456789abcdef",
+        "ACCESS_TOKEN_SIGNING_KEY": new_signing_key_pem(),
     }
 )
 
@@ -32,7 +40,8 @@ def _bearer(**claims: object) -> str:
 
 def test_todays_jwts_still_authenticate_without_recipient_or_scope() -> None:
     p = authenticate(_bearer(sub="partner-a"), STRICT)
-    assert (p.actor, p.recipient, p.scopes) == ("partner-a", None, frozenset())
+    assert (p.actor, p.recipient, p.scopes) == ("partner-a", None, PARTNER_DEFAULT_SCOPES)
+    assert p.sources is None and p.may_send("any source")
     assert not p.can(READ_RECORDS)
 
 
