@@ -1,4 +1,4 @@
-"""Recipient token benchmark: issue and resolve per second on one core, single and batched.
+"""Recipient token and scoped id benchmark: issue and resolve per second on one core.
 
     .venv/bin/python bench/recipient_tokens.py [--tokens 1000] [--rounds 100] [--repeats 5]
 
@@ -8,6 +8,12 @@ tokens (time.perf_counter) and reports the median and best rate. Batched rows go
 issue_many/resolve_many in pages of 500, the read path's largest page. The refused rows show
 that a refusal costs about what a success does (see the module's note on timing), and the last
 row is the one-off cost of deriving a key on a cache miss (HKDF and AESSIV construction).
+The scoped id rows (core/scoped_ids.py) time a recipient's record ids, item ids and cursors, one
+at a time and by pages of 500; "us/op" is per id, so a page costs 500 times it. The header names
+the CPU and a calibration figure (the time of a fixed pure-Python loop, the command below), so
+figures from another machine can be scaled:
+
+    python3 -c "import time;t=time.time();[0 for _ in range(10_000_000)];print(time.time()-t)"
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import platform
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +35,7 @@ from cryptography import __version__ as cryptography_version
 from cryptography.hazmat.backends.openssl.backend import backend
 
 from exchange_stream.core.recipient_token import RecipientTokens
+from exchange_stream.core.scoped_ids import ScopedIds
 
 PAGE = 500
 RECIPIENT = "acme-research"
@@ -41,6 +49,91 @@ def rates(run: Callable[[], int], repeats: int) -> tuple[float, float]:
         ops = run()
         measured.append(ops / (time.perf_counter() - started))
     return statistics.median(measured), max(measured)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def calibration_s() -> float:
+    """The documented calibration loop, timed as the command in the module docstring does."""
+    t = time.time()
+    [0 for _ in range(10_000_000)]
+    return time.time() - t
+
+
+def scoped_id_rows(n: int, rounds: int) -> list[tuple[str, Callable[[], int]]]:
+    ids = ScopedIds(b"bench-recipient-token-secret-0123456789")
+    record_uuids = [uuid.UUID(bytes=hashlib.md5(i.to_bytes(8, "big")).digest()) for i in range(n)]
+    item_values = [f"enc-{i:08d}" for i in range(n)]
+    uuid_pages = [record_uuids[i : i + PAGE] for i in range(0, n, PAGE)]
+    item_pages = [item_values[i : i + PAGE] for i in range(0, n, PAGE)]
+    scoped_records = ids.record_ids(record_uuids, RECIPIENT, 2)
+    scoped_pages = [scoped_records[i : i + PAGE] for i in range(0, n, PAGE)]
+    scoped_items = ids.item_ids("encounter", item_values, RECIPIENT, 2)
+    cursor = ids.seal_cursor(b"\x00" * 24, RECIPIENT, 2)
+    live = {1, 2}
+    if ids.open_record_ids(scoped_records, RECIPIENT, live) != record_uuids:
+        raise SystemExit("open_record_ids does not return the record ids")
+
+    def per_page(run_page: Callable[[list], object], pages: list[list]) -> Callable[[], int]:
+        def run() -> int:
+            for _ in range(rounds):
+                for page in pages:
+                    run_page(page)
+            return rounds * n
+
+        return run
+
+    def one_by_one(run_one: Callable[[object], object], values: list) -> Callable[[], int]:
+        def run() -> int:
+            for _ in range(rounds):
+                for value in values:
+                    run_one(value)
+            return rounds * n
+
+        return run
+
+    return [
+        (
+            "record id, one per call",
+            one_by_one(lambda u: ids.record_ids([u], RECIPIENT, 2), record_uuids),
+        ),
+        (
+            f"record ids, pages of {PAGE}",
+            per_page(lambda p: ids.record_ids(p, RECIPIENT, 2), uuid_pages),
+        ),
+        (
+            f"open record ids, pages of {PAGE}",
+            per_page(lambda p: ids.open_record_ids(p, RECIPIENT, live), scoped_pages),
+        ),
+        (
+            "item id, one per call",
+            one_by_one(lambda v: ids.item_ids("encounter", [v], RECIPIENT, 2), item_values),
+        ),
+        (
+            f"item ids, pages of {PAGE}",
+            per_page(lambda p: ids.item_ids("encounter", p, RECIPIENT, 2), item_pages),
+        ),
+        (
+            "open item id",
+            one_by_one(lambda t: ids.open_item_id(t, "encounter", RECIPIENT, live), scoped_items),
+        ),
+        (
+            "seal cursor (24 bytes)",
+            one_by_one(lambda _: ids.seal_cursor(b"\x00" * 24, RECIPIENT, 2), item_values),
+        ),
+        (
+            "open cursor",
+            one_by_one(lambda _: ids.open_cursor(cursor, RECIPIENT, live), item_values),
+        ),
+    ]
 
 
 def main() -> None:
@@ -113,12 +206,14 @@ def main() -> None:
         ("resolve, altered token -> None", resolve_each(forged, live)),
         ("resolve, malformed -> None", resolve_each(malformed, live)),
         ("issue with a cold key (derive)", derive_cold),
+        *scoped_id_rows(n, rounds),
     ]
     print(
         f"recipient tokens: {platform.python_implementation()} {platform.python_version()}, "
         f"cryptography {cryptography_version}, {backend.openssl_version_text()}, "
         f"pinned to {cores} core(s); {n} tokens x {rounds} rounds, median of {args.repeats}"
     )
+    print(f"cpu: {cpu_model()}; calibration loop (10M list items): {calibration_s():.3f} s")
     print(f"{'what':<36}{'median ops/s':>14}{'best ops/s':>13}{'us/op':>8}")
     for name, run in rows:
         median, best = rates(run, args.repeats)

@@ -100,6 +100,7 @@ def create_app(settings: Settings) -> ExchangeApp:
         settings.recipient_token_secret,
         ttl_s=settings.recipient_cache_ttl_s,
         register_local_dev=settings.is_local,
+        dsn=settings.dsn,
         beacon=app.beacon,
     )
     app.web_context = WebContext(

@@ -1,9 +1,11 @@
-"""Issuing and resolving recipients' tokens, with the recipient's key versions cached.
+"""Issuing and resolving recipients' tokens and scoped ids, with the recipient's keys cached.
 
-The one place that turns master patient tokens into a recipient's tokens and back. A recipient's
-status and resolvable key versions come from Postgres once per ``RECIPIENT_CACHE_TTL_S`` (a page
-of 500 tokens costs one round trip, not 500); the cryptography is ``core/recipient_token.py``.
-A revocation, rotation or retirement therefore takes effect on every worker within the TTL.
+The one place that turns master patient tokens into a recipient's tokens and back, and record
+ids, item ids and cursors into the recipient's own (``core/scoped_ids.py``). A recipient's status
+and resolvable key versions come from Postgres once, then stay cached until a notification says
+the recipient changed (or, as a backstop, ``RECIPIENT_CACHE_TTL_S`` passes): a page of 500 tokens
+costs no round trip, and a revocation, rotation or retirement reaches every worker at once. The
+cryptography is ``core/recipient_token.py`` and ``core/scoped_ids.py``.
 
 Resolving never says why a token does not resolve: another recipient's token, a retired
 version, a revoked recipient, a forged or altered token, garbage — all are ``None``.
@@ -12,8 +14,10 @@ version, a revoked recipient, a forged or altered token, garbage — all are ``N
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,12 +26,17 @@ import asyncpg
 import mode
 
 from exchange_stream.core.recipient_token import RecipientTokens
+from exchange_stream.core.scoped_ids import ScopedIds
 from exchange_stream.infra.sql import q
 
 log = logging.getLogger(__name__)
 
 # The recipient that ``Authorization: Bearer dev`` stands for when ENV=local.
 LOCAL_DEV_RECIPIENT = "local-dev"
+# Notified with a recipient id whenever its row, keys or credentials change (migration 0013).
+CHANNEL = "recipients_changed"
+# The listening connection's application_name, as pg_stat_activity shows it.
+LISTENER_NAME = "exchange-stream recipients listener"
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,20 @@ class RecipientKeys:
 
 
 class RecipientTokenService(mode.Service):
-    """Issues and resolves recipients' tokens for the read API; one per worker."""
+    """Issues and resolves recipients' tokens for the read API; one per worker.
+
+    With a ``dsn`` it listens on ``recipients_changed`` on a connection of its own (migration
+    0013 notifies, at commit, the id of every recipient whose row or keys change), and drops that
+    recipient's cached state at once: a revocation, rotation or retirement takes effect on every
+    worker as soon as the notification arrives. The TTL is only the backstop: while that
+    connection is down (it is retried, with backoff) entries still expire, and every cached state
+    is dropped when it is lost and again once it listens, so none outlives a missed notification
+    by more than the TTL.
+    """
+
+    listen_retry_max_s = 5.0
+    # How often an idle listening connection is checked; a dead one is then replaced.
+    listen_check_s = 10.0
 
     def __init__(
         self,
@@ -58,14 +80,21 @@ class RecipientTokenService(mode.Service):
         *,
         ttl_s: float = 5.0,
         register_local_dev: bool = False,
+        dsn: str | None = None,
         **kwargs: Any,
     ) -> None:
         self._pool = pool
         self._tokens = RecipientTokens(secret)
+        self._ids = ScopedIds(secret)
         self.ttl_s = ttl_s
         self.register_local_dev = register_local_dev
+        self.dsn = dsn
         self._cache: dict[str, tuple[float, RecipientKeys | None]] = {}
         self._loading: dict[str, asyncio.Future[RecipientKeys | None]] = {}
+        # Bumped by every forget(): a load that began before a change is not cached after it.
+        self._generation = 0
+        self.listening = asyncio.Event()
+        self._listener_pid: int | None = None
         super().__init__(**kwargs)
 
     async def on_started(self) -> None:
@@ -91,25 +120,102 @@ class RecipientTokenService(mode.Service):
             # Concurrent requests for one recipient share one query.
             loading = asyncio.ensure_future(self._load(recipient))
             self._loading[recipient] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(recipient, None))
+            loading.add_done_callback(lambda done: self._loaded(recipient, done))
         return await asyncio.shield(loading)
 
+    def _loaded(self, recipient: str, done: asyncio.Future[RecipientKeys | None]) -> None:
+        if self._loading.get(recipient) is done:
+            del self._loading[recipient]
+
     async def _load(self, recipient: str) -> RecipientKeys | None:
+        generation = self._generation
         row = await self._pool().fetchrow(q("recipient_state"), recipient)
         keys = (
             None
             if row is None
             else RecipientKeys(recipient, row["status"] == "active", tuple(row["versions"]))
         )
-        self._cache[recipient] = (time.monotonic() + self.ttl_s, keys)
+        if generation == self._generation:
+            self._cache[recipient] = (time.monotonic() + self.ttl_s, keys)
         return keys
 
     def forget(self, recipient: str | None = None) -> None:
         """Drop cached key states (one recipient, or all): the next use reads them again."""
+        self._generation += 1
         if recipient is None:
             self._cache.clear()
+            self._loading.clear()
         else:
             self._cache.pop(recipient, None)
+            # A load under way may have read the state before the change: later callers wait
+            # for one of their own.
+            self._loading.pop(recipient, None)
+
+    # Notifications ---------------------------------------------------------------------------
+
+    @property
+    def listener_pid(self) -> int | None:
+        """The Postgres backend pid of the listening connection, while it listens."""
+        return self._listener_pid if self.listening.is_set() else None
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self.forget(payload or None)
+
+    @mode.Service.task
+    async def _listen_loop(self) -> None:
+        if self.dsn is None:
+            return
+        failures = 0
+        while not self.should_stop:
+            try:
+                await self._listen_once(reconnected=failures > 0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = min(self.listen_retry_max_s, 0.1 * 2 ** min(failures, 8))
+                log.warning(
+                    "not listening for recipient changes; cached keys expire by their TTL",
+                    extra={"fields": {"error_type": type(exc).__name__, "retry_in_s": delay}},
+                )
+                await self.sleep(delay)
+            else:
+                failures = 0
+
+    async def _listen_once(self, *, reconnected: bool) -> None:
+        """Listen on one connection until it is lost (raises) or the service stops."""
+        lost = asyncio.Event()
+
+        def on_lost(_: object) -> None:
+            lost.set()
+            # Whatever was notified from now on is missed: nothing cached may rely on it.
+            self.forget()
+
+        conn = await asyncpg.connect(
+            self.dsn, timeout=5, server_settings={"application_name": LISTENER_NAME}
+        )
+        try:
+            conn.add_termination_listener(on_lost)
+            await conn.add_listener(CHANNEL, self._on_notify)
+            # Changes committed before LISTEN took effect notified nobody.
+            self.forget()
+            self._listener_pid = conn.get_server_pid()
+            self.listening.set()
+            if reconnected:
+                log.info("listening for recipient changes again")
+            while not self.should_stop:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), timeout=self.listen_check_s)
+                if lost.is_set():
+                    raise ConnectionError("the listening connection was lost")
+                # A connection that died silently (no FIN) only shows when it is used.
+                await conn.execute("SELECT 1", timeout=5)
+        finally:
+            if self.listening.is_set():
+                self.listening.clear()
+                self.forget()
+            self._listener_pid = None
+            conn.terminate()
 
     async def issue_many(self, recipient: str, master_tokens: Sequence[str]) -> list[str]:
         """The recipient's tokens for ``master_tokens``, under its current key version; an
@@ -132,3 +238,52 @@ class RecipientTokenService(mode.Service):
 
     async def resolve(self, recipient: str, token: object) -> str | None:
         return (await self.resolve_many(recipient, [token]))[0]
+
+    # Identifiers of the recipient's own ------------------------------------------------------
+
+    async def record_ids(self, recipient: str, ids: Sequence[uuid.UUID]) -> list[str]:
+        """The recipient's record id for each of ``ids``, in order, under its current key
+        version; an empty list for a recipient that is unknown or revoked (like ``issue_many``)."""
+        keys = await self.keys(recipient)
+        if keys is None or keys.current is None:
+            return []
+        return self._ids.record_ids(ids, recipient, keys.current)
+
+    async def open_record_id(self, recipient: str, text: object) -> uuid.UUID | None:
+        """The record id behind one of the recipient's record ids; None if it is not one."""
+        keys = await self.keys(recipient)
+        versions = keys.resolvable if keys is not None else ()
+        return self._ids.open_record_id(text, recipient, versions)
+
+    async def item_ids(self, recipient: str, kind: str, values: Sequence[str]) -> list[str]:
+        """The recipient's id for each partner id of ``kind`` (encounter, claim, lab_result), in
+        order; an empty list for a recipient that is unknown or revoked."""
+        keys = await self.keys(recipient)
+        if keys is None or keys.current is None:
+            return []
+        return self._ids.item_ids(kind, values, recipient, keys.current)
+
+    async def open_item_id(self, recipient: str, kind: str, text: object) -> str | None:
+        """The partner id behind one of the recipient's ids of ``kind``; None if it is not one."""
+        keys = await self.keys(recipient)
+        versions = keys.resolvable if keys is not None else ()
+        return self._ids.open_item_id(text, kind, recipient, versions)
+
+    async def seal_cursor(self, recipient: str, payload: bytes) -> str:
+        """The recipient's opaque, authenticated cursor for ``payload`` (at most 63 bytes).
+        Raises ``RecipientUnavailable`` for a recipient that is unknown or revoked."""
+        keys = await self.keys(recipient)
+        if keys is None or keys.current is None:
+            raise RecipientUnavailable(recipient)
+        return self._ids.seal_cursor(payload, recipient, keys.current)
+
+    async def open_cursor(self, recipient: str, text: object) -> bytes | None:
+        """The payload of one of the recipient's cursors; None for anything else (another
+        recipient's, a retired version's, altered, forged, not a string)."""
+        keys = await self.keys(recipient)
+        versions = keys.resolvable if keys is not None else ()
+        return self._ids.open_cursor(text, recipient, versions)
+
+
+class RecipientUnavailable(LookupError):
+    """The recipient is unknown or revoked: nothing can be issued for it."""
