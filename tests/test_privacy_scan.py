@@ -154,6 +154,15 @@ class Exchange:
             self.bodies.append(raw)
             return r.status, orjson.loads(raw)
 
+    async def get_query(self, url: str, query: str, variables: dict | None = None) -> int:
+        """``GET /graphql?query=...`` as a browser or curl sends it; the body is kept."""
+        params = {"query": query}
+        if variables is not None:
+            params["variables"] = orjson.dumps(variables).decode()
+        async with self.http.get(url, params=params, headers={"Authorization": "Bearer dev"}) as r:
+            self.bodies.append(await r.read())
+            return r.status
+
     async def get_text(self, url: str) -> str:
         async with self.http.get(url) as r:
             raw = await r.read()
@@ -408,6 +417,22 @@ async def test_no_patient_identifier_leaves_the_raw_store(
         ("{ records { nextCursor } }", None),
     ):
         await ex.post(graphql_url, {"query": query}, token=token)
+    # The same reads as GET queries: what they log and return is scanned as well.
+    records_query = (
+        "query ($s: String) { records(source: $s, first: 50) { items { recordId patientToken "
+        "kind encounter { encounterId facilityId admitTime cursor } } nextCursor resumeCursor } }"
+    )
+    assert await ex.get_query(graphql_url, records_query, {"s": source}) == 200
+    for token in sorted(recipient_tokens):
+        query = (
+            "query ($t: ID!) { patient(patientToken: $t) { patientToken dob } "
+            "encounters(patientToken: $t) { encounterId cursor } }"
+        )
+        assert await ex.get_query(graphql_url, query, {"t": token}) == 200
+    await ex.get_query(
+        graphql_url, f'{{ encounters(patientToken: "{s.given}") {{ encounterId }} }}'
+    )
+    await ex.get_query(graphql_url, '{ records(after: "x") { nextCursor } }')
     graphql_bodies = [b.decode(errors="replace") for b in ex.bodies[first:]]
     masters = {row["normalized"]["patient_token"] for row in rows}
 

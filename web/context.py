@@ -34,6 +34,11 @@ class WebContext:
         return self.resources.pool
 
     @property
+    def read_pool(self) -> asyncpg.Pool:
+        """The read API's pool, apart from the one ingest uses."""
+        return self.resources.read_pool
+
+    @property
     def store(self) -> RawStore:
         return self.resources.store
 

@@ -62,7 +62,12 @@ async def _graphql(request: web.Request) -> tuple[web.Response, int | None]:
         text, variables, operation = await _query_of(request)
     except _BadQuery as exc:
         return _refused(exc.status, exc.message), None
-    read = Request(recipient=principal.recipient, pool=ctx.pool, tokens=ctx.tokens)
+    read = Request(
+        recipient=principal.recipient,
+        pool=ctx.read_pool,
+        tokens=ctx.tokens,
+        kinds=principal.kinds,
+    )
     result = await execute(request.app[_DOCUMENTS], read, text, variables, operation)
     status = 400 if "data" not in result else 200
     return json_response(result, status=status), read.statements

@@ -34,14 +34,17 @@ class Runtime(mode.Service):
     """Owns the pools, the S3 client and the Kafka publisher; agents, views and the relay
     borrow them.
 
-    Two Postgres pools: ``pool`` serves requests (ingest holds a connection across its S3
-    write, so a burst can take them all), ``work_pool`` the background stages and operations
-    (normalizer, relay, control plane), which a burst of requests must never leave waiting."""
+    Three Postgres pools: ``pool`` serves ingest and the other requests that write (ingest
+    holds a connection across its S3 write, so a burst can take them all), ``read_pool`` the
+    read API (a burst of GraphQL statements must never leave ingest waiting, nor the other way
+    round), ``work_pool`` the background stages and operations (normalizer, relay, control
+    plane), which a burst of requests must never leave waiting."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.settings = settings
         self._pool: asyncpg.Pool | None = None
         self._work_pool: asyncpg.Pool | None = None
+        self._read_pool: asyncpg.Pool | None = None
         self._store: RawStore | None = None
         self._stack = contextlib.AsyncExitStack()
         self.publisher = Publisher(settings, client_id=f"{settings.app_id}-publisher")
@@ -52,6 +55,7 @@ class Runtime(mode.Service):
         self._work_pool = await create_pool(
             self.settings, max_size=self.settings.pg_work_pool_size, batch_work=True
         )
+        self._read_pool = await create_pool(self.settings, max_size=self.settings.pg_read_pool_size)
         self._store = await self._stack.enter_async_context(
             open_store(self.settings, recent_bytes=self.settings.raw_cache_mb << 20)
         )
@@ -59,10 +63,10 @@ class Runtime(mode.Service):
     async def on_stop(self) -> None:
         await self.publisher.stop()
         await self._stack.aclose()
-        for pool in (self._pool, self._work_pool):
+        for pool in (self._pool, self._work_pool, self._read_pool):
             if pool is not None:
                 await pool.close()
-        self._pool = self._work_pool = None
+        self._pool = self._work_pool = self._read_pool = None
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -75,6 +79,12 @@ class Runtime(mode.Service):
         if self._work_pool is None:
             raise NotStarted("postgres work pool")
         return self._work_pool
+
+    @property
+    def read_pool(self) -> asyncpg.Pool:
+        if self._read_pool is None:
+            raise NotStarted("postgres read pool")
+        return self._read_pool
 
     @property
     def store(self) -> RawStore:

@@ -2,27 +2,36 @@
 
 Schema first: the executable schema is built from that file with graphql-core (no second
 definition in code), and resolvers are attached to its fields by name. Every ``patientToken``
-in and out is the caller's recipient token (``read/tokens.py``); the master token never leaves.
+in and out is the caller's recipient token, and every identifier that could join two
+recipients' extracts (``recordId``, ``encounterId``, ``claimId``, ``resultId``, cursors) is the
+caller's own (``read/tokens.py``); the master token and the exchange's ids never leave.
+
+``records`` is a feed in commit order: canonical rows by ``(insert_xid, record_id)``, read only
+below the oldest transaction still running (``sql/queries/read.sql``), so a cursor never passes
+a row whose transaction has yet to commit. The per-patient lists stay in receipt order.
 
 Cost is bounded before anything runs: a document is parsed and validated once per distinct
-text (cached), then checked for depth and for complexity (each field costs 1, a list's children
-cost once per item it may return), and ``first`` must be 1 to 500. Each list is one SQL
-statement over one index range, and a page's patient tokens are issued together, so a page of
-500 records costs one statement (plus, at most once per ``RECIPIENT_CACHE_TTL_S``, one for the
-recipient's keys), never one per item. Errors follow the GraphQL response format; a message is
-ours (``ReadError``) or ``internal error``, never an exception's text.
+text (cached), then checked for depth, for root fields (at most ``MAX_ROOT_FIELDS``, aliases and
+fragments counted) and for complexity (each field costs 1, a list's children cost once per item
+it may return; a variable ``first`` counts as 500), and ``first`` must be 1 to 500. Each list is
+one SQL statement over one index range, and a page's tokens and identifiers are issued together
+(one call per kind of identifier), so a page of 500 records costs one statement (plus, at most
+once per ``RECIPIENT_CACHE_TTL_S``, one for the recipient's keys), never one per item. The
+credential's record kinds (``Principal.kinds``) are a condition of every statement. Errors
+follow the GraphQL response format; a message is ours (``ReadError``) or ``internal error``,
+never an exception's text.
 """
 
 from __future__ import annotations
 
-import base64
 import inspect
 import logging
+import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -39,13 +48,16 @@ from graphql import (
     InlineFragmentNode,
     OperationDefinitionNode,
     SelectionSetNode,
+    StringValueNode,
+    ValueNode,
 )
 
+from exchange_stream.core.scoped_ids import ITEM_KINDS
 from exchange_stream.core.timefmt import rfc3339
 from exchange_stream.infra.contracts import CONTRACTS_DIR
 from exchange_stream.infra.sql import q
 from exchange_stream.read.plan import Fallback, Plan, compile_plan, run_plan
-from exchange_stream.read.tokens import RecipientTokenService
+from exchange_stream.read.tokens import RecipientTokenService, RecipientUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +66,20 @@ MAX_PAGE = 500
 # Deep enough for the standard introspection query (15 levels); the schema itself is shallow.
 MAX_DEPTH = 15
 MAX_COST = 50_000
+# Root fields (aliases included) per operation: each is at least one statement.
+MAX_ROOT_FIELDS = 10
 _DOCUMENT_CACHE = 512
 _EPOCH = datetime.fromisoformat("0001-01-01T00:00:00+00:00")
+_UNIX = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 _NIL = uuid.UUID(int=0)
 # List fields whose items are bounded by ``first``: their children cost once per item.
 _PAGED = {"encounters", "claims", "labResults", "records"}
-_KINDS = {"encounter", "claim", "lab_result"}
+_KINDS = ITEM_KINDS
+# RFC 3339 date-time with an offset (section 5.6): what ``DateTime`` accepts.
+_DATE_TIME = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
+)
 
 
 class ReadError(Exception):
@@ -76,20 +96,54 @@ def executable_schema(path: Path = SCHEMA_PATH) -> GraphQLSchema:
         query.fields[name].resolve = resolver
     value = schema.type_map["LabValue"]
     value.resolve_type = _lab_value_type  # type: ignore[attr-defined]
-    for listed in ("Encounter", "Claim", "LabResult"):
-        schema.type_map[listed].fields["cursor"].resolve = _cursor_field  # type: ignore[attr-defined]
+    # graphql-core 3.3 coerces variables with coerce_input_value and literals with
+    # parse_literal (parse_value and serialize are its older names, kept in step).
+    moment = schema.type_map["DateTime"]
+    moment.parse_value = moment.coerce_input_value = parse_date_time  # type: ignore[attr-defined]
+    moment.parse_literal = _date_time_literal  # type: ignore[attr-defined]
+    moment.serialize = moment.coerce_output_value = rfc3339  # type: ignore[attr-defined]
     return schema
+
+
+def parse_date_time(value: object) -> datetime:
+    """A ``DateTime`` input: an RFC 3339 date-time with an offset (``Z`` or ``±hh:mm``)."""
+    match = _DATE_TIME.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ReadError("DateTime must be an RFC 3339 date-time with an offset")
+    day, clock, fraction, offset = match.groups()
+    fraction = f".{(fraction or '0')[:6]:0<6}"
+    try:
+        return datetime.fromisoformat(f"{day}T{clock}{fraction}{offset.upper()}")
+    except ValueError:
+        raise ReadError("DateTime must be an RFC 3339 date-time with an offset") from None
+
+
+def _date_time_literal(node: ValueNode, _variables: Any = None) -> datetime:
+    if not isinstance(node, StringValueNode):
+        raise ReadError("DateTime must be an RFC 3339 date-time with an offset")
+    return parse_date_time(node.value)
 
 
 @dataclass
 class Request:
-    """One request's context: who reads, with what, and how many statements it cost."""
+    """One request's context: who reads, with what, and how many statements it cost.
+
+    ``kinds``: the record kinds the caller's credential may read (None: every kind)."""
 
     recipient: str
     pool: asyncpg.Pool
     tokens: RecipientTokenService
+    kinds: frozenset[str] | None = None
     statements: int = 0
     issued: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kinds_arg(self) -> list[str] | None:
+        """``kinds`` as the statements take it (``$kinds text[]``)."""
+        return None if self.kinds is None else sorted(self.kinds)
+
+    def may_read(self, kind: str) -> bool:
+        return self.kinds is None or kind in self.kinds
 
     async def fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
         self.statements += 1
@@ -110,34 +164,115 @@ class Request:
             self.issued.update(zip(wanted, issued, strict=False))
         return [self.issued.get(m, "") for m in masters]
 
+    async def record_ids(self, ids: list[uuid.UUID]) -> list[str]:
+        """The caller's record ids for a page's ``ids``, in order (one call)."""
+        if not ids:
+            return []
+        return _complete(await self.tokens.record_ids(self.recipient, ids), ids)
 
-# Cursors ------------------------------------------------------------------------------------
+    async def item_ids(self, kind: str, values: list[str]) -> list[str]:
+        """The caller's ids for a page's partner ids of ``kind``, in order (one call)."""
+        if not values:
+            return []
+        return _complete(await self.tokens.item_ids(self.recipient, kind, values), values)
+
+    async def seal(self, payloads: list[bytes]) -> list[str]:
+        """The caller's cursors for ``payloads``, in order."""
+        try:
+            return [await self.tokens.seal_cursor(self.recipient, p) for p in payloads]
+        except RecipientUnavailable:
+            raise ReadError("forbidden") from None
+
+    async def open(self, cursor: str | None) -> bytes | None:
+        """The payload of one of the caller's cursors; ``invalid cursor`` for anything else."""
+        if cursor is None:
+            return None
+        payload = await self.tokens.open_cursor(self.recipient, cursor)
+        if payload is None:
+            raise ReadError("invalid cursor")
+        return payload
 
 
-def encode_cursor(ingested_at: datetime, record_id: uuid.UUID) -> str:
-    """An opaque position in receipt order: no patient data, just time and record id."""
-    raw = f"{ingested_at.isoformat()}|{record_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def _complete(issued: list[str], asked: list[Any]) -> list[str]:
+    # An empty answer: the recipient was revoked after this request was let in.
+    if len(issued) != len(asked):
+        raise ReadError("forbidden")
+    return issued
 
 
-def decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID]:
-    if cursor is None:
+# Cursors: positions, as payloads the caller's cursors seal -----------------------------------
+
+# A feed position: b"F", insert_xid (8 bytes), record_id (16). A position in a patient's list:
+# the kind's tag, ingested_at (microseconds since 1970, 8 bytes, signed), record_id (16). Only
+# positions: no patient data. A cursor of one list does not open as another's.
+_FEED_TAG = b"F"
+_LIST_TAGS = {"encounter": b"E", "claim": b"C", "lab_result": b"L"}
+_PAYLOAD_BYTES = 25
+
+Position = tuple[datetime, uuid.UUID]
+FeedPosition = tuple[int, uuid.UUID]
+_FEED_START: FeedPosition = (0, _NIL)
+
+
+def feed_payload(xid: int, record_id: uuid.UUID) -> bytes:
+    return _FEED_TAG + xid.to_bytes(8, "big") + record_id.bytes
+
+
+def list_payload(kind: str, ingested_at: datetime, record_id: uuid.UUID) -> bytes:
+    micros = (ingested_at - _UNIX) // _MICROSECOND
+    return _LIST_TAGS[kind] + micros.to_bytes(8, "big", signed=True) + record_id.bytes
+
+
+def feed_position(payload: bytes | None) -> FeedPosition:
+    if payload is None:
+        return _FEED_START
+    if len(payload) != _PAYLOAD_BYTES or payload[:1] != _FEED_TAG:
+        raise ReadError("invalid cursor")
+    return int.from_bytes(payload[1:9], "big"), uuid.UUID(bytes=payload[9:])
+
+
+def list_position(kind: str, payload: bytes | None) -> Position:
+    if payload is None:
         return _EPOCH, _NIL
+    if len(payload) != _PAYLOAD_BYTES or payload[:1] != _LIST_TAGS[kind]:
+        raise ReadError("invalid cursor")
     try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        when, _, rid = base64.urlsafe_b64decode(padded.encode()).decode().partition("|")
-        moment = datetime.fromisoformat(when)
-        if moment.tzinfo is None:
-            raise ValueError("no offset")
-        return moment, uuid.UUID(rid)
-    except (ValueError, UnicodeError):
+        moment = _UNIX + int.from_bytes(payload[1:9], "big", signed=True) * _MICROSECOND
+    except OverflowError:
         raise ReadError("invalid cursor") from None
+    return moment, uuid.UUID(bytes=payload[9:])
 
 
 def _page_size(first: object) -> int:
     if not isinstance(first, int) or not 1 <= first <= MAX_PAGE:
         raise ReadError(f"first must be between 1 and {MAX_PAGE}")
     return first
+
+
+# What a query selects below a root field: identifiers and cursors are issued only when asked.
+
+
+def _selected(info: Any) -> frozenset[str]:
+    """Every field name selected below the resolved field, through fragments too."""
+    fragments = getattr(info, "fragments", None) or {}
+    names: set[str] = set()
+    pending = [node.selection_set for node in info.field_nodes]
+    seen: set[str] = set()
+    while pending:
+        selections = pending.pop()
+        if selections is None:
+            continue
+        for node in selections.selections:
+            if isinstance(node, FieldNode):
+                names.add(node.name.value)
+                pending.append(node.selection_set)
+            elif isinstance(node, InlineFragmentNode):
+                pending.append(node.selection_set)
+            elif isinstance(node, FragmentSpreadNode) and node.name.value not in seen:
+                seen.add(node.name.value)
+                fragment = fragments.get(node.name.value)
+                pending.append(fragment.selection_set if fragment is not None else None)
+    return frozenset(names)
 
 
 # Shapes: canonical snake_case objects to the schema's camelCase ----------------------------------
@@ -147,60 +282,58 @@ def _codes(values: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     return list(values or [])
 
 
-def encounter(obj: dict[str, Any], token: str, position: Position) -> dict[str, Any]:
+def encounter(
+    obj: dict[str, Any], token: str, item_id: str | None, cursor: str | None
+) -> dict[str, Any]:
     return {
-        "encounterId": obj["encounter_id"],
+        "encounterId": item_id,
         "patientToken": token,
         "facilityId": obj.get("facility_id"),
         "admitTime": obj.get("admit_time"),
         "dischargeTime": obj.get("discharge_time"),
         "encounterClass": obj.get("encounter_class"),
         "diagnosisCodes": _codes(obj.get("diagnosis_codes")),
-        "_position": position,
+        "cursor": cursor,
     }
 
 
-def claim(obj: dict[str, Any], token: str, position: Position) -> dict[str, Any]:
+def claim(
+    obj: dict[str, Any], token: str, item_id: str | None, cursor: str | None
+) -> dict[str, Any]:
     return {
-        "claimId": obj["claim_id"],
+        "claimId": item_id,
         "patientToken": token,
         "payerId": obj.get("payer_id"),
         "serviceDate": obj.get("service_date"),
         "totalCharge": obj.get("total_charge"),
         "procedureCodes": _codes(obj.get("procedure_codes")),
         "diagnosisCodes": _codes(obj.get("diagnosis_codes")),
-        "_position": position,
+        "cursor": cursor,
     }
 
 
-def lab_result(obj: dict[str, Any], token: str, position: Position) -> dict[str, Any]:
+def lab_result(
+    obj: dict[str, Any], token: str, item_id: str | None, cursor: str | None
+) -> dict[str, Any]:
     value = obj.get("value")
     return {
-        "resultId": obj["result_id"],
+        "resultId": item_id,
         "patientToken": token,
         "testCode": obj.get("test_code"),
         "value": {"result": value} if isinstance(value, str) else value,
         "referenceRange": obj.get("reference_range"),
         "collectedAt": obj.get("collected_at"),
         "status": obj.get("status"),
-        "_position": position,
+        "cursor": cursor,
     }
 
 
-Position = tuple[datetime, uuid.UUID]
-
-
-def _cursor_field(item: dict[str, Any], *_: Any) -> str:
-    # Encoded only when a query selects ``cursor``: most lists are read without it.
-    return encode_cursor(*item["_position"])
-
-
-_SHAPE: dict[str, Callable[[dict[str, Any], str, Position], dict[str, Any]]] = {
-    "encounter": encounter,
-    "claim": claim,
-    "lab_result": lab_result,
-}
+Shape = Callable[[dict[str, Any], str, str | None, str | None], dict[str, Any]]
+_SHAPE: dict[str, Shape] = {"encounter": encounter, "claim": claim, "lab_result": lab_result}
 _FIELD_OF_KIND = {"encounter": "encounter", "claim": "claim", "lab_result": "labResult"}
+# The canonical field holding the partner's id of each kind, and the schema's name for it.
+_ID_OF_KIND = {"encounter": "encounter_id", "claim": "claim_id", "lab_result": "result_id"}
+_ID_FIELD = {"encounter": "encounterId", "claim": "claimId", "lab_result": "resultId"}
 
 
 def _lab_value_type(value: dict[str, Any], *_: Any) -> str:
@@ -211,41 +344,95 @@ def _lab_value_type(value: dict[str, Any], *_: Any) -> str:
     return "QualitativeResult"
 
 
+@dataclass(frozen=True)
+class _Item:
+    """One kind object of a page, before its identifiers are issued."""
+
+    kind: str
+    obj: dict[str, Any]
+    token: str
+    position: Position
+
+
+async def _shape_items(
+    req: Request, items: list[_Item | None], wanted: frozenset[str]
+) -> list[dict[str, Any] | None]:
+    """The page's kind objects in the schema's shape, with the caller's ids (one call per kind)
+    and cursors, each issued only when the query selects it."""
+    ids: dict[int, str] = {}
+    for kind in _KINDS:
+        if _ID_FIELD[kind] not in wanted:
+            continue
+        at = [i for i, it in enumerate(items) if it is not None and it.kind == kind]
+        values = [str(items[i].obj.get(_ID_OF_KIND[kind]) or "") for i in at]  # type: ignore[union-attr]
+        ids.update(zip(at, await req.item_ids(kind, values), strict=True))
+    cursors: dict[int, str] = {}
+    if "cursor" in wanted:
+        at = [i for i, it in enumerate(items) if it is not None]
+        payloads = [list_payload(it.kind, *it.position) for it in items if it is not None]
+        cursors.update(zip(at, await req.seal(payloads), strict=True))
+    return [
+        None if it is None else _SHAPE[it.kind](it.obj, it.token, ids.get(i), cursors.get(i))
+        for i, it in enumerate(items)
+    ]
+
+
 # Root resolvers ----------------------------------------------------------------------------
 
 
 async def _patient(_: None, info: graphql.GraphQLResolveInfo, patientToken: str) -> Any:
     req: Request = info.context
     master = await req.master_of(patientToken)
-    if master is None or not await req.fetchval("read_patient_exists", master):
+    if master is None or not await req.fetchval("read_patient_exists", master, req.kinds_arg):
         return None
     (token,) = await req.tokens_for([master])
     return {"patientToken": token, "dob": None}
 
 
 def _per_patient(kind: str) -> Callable[..., Any]:
-    shape = _SHAPE[kind]
-
     async def resolve(
         _: None,
         info: graphql.GraphQLResolveInfo,
         patientToken: str,
         first: int = MAX_PAGE,
         after: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[dict[str, Any] | None]:
         req: Request = info.context
         limit = _page_size(first)
-        since = decode_cursor(after)
+        since = list_position(kind, await req.open(after))
         master = await req.master_of(patientToken)
         if master is None:
             return []
-        rows = await req.fetch("read_patient_kind", master, kind, *since, limit)
+        rows = await req.fetch("read_patient_kind", master, kind, *since, limit, req.kinds_arg)
         if not rows:
             return []
         (token,) = await req.tokens_for([master])
-        return [shape(r["object"], token, (r["ingested_at"], r["record_id"])) for r in rows]
+        items: list[_Item | None] = [
+            _Item(kind, r["object"], token, (r["ingested_at"], r["record_id"])) for r in rows
+        ]
+        return await _shape_items(req, items, _selected(info))
 
     return resolve
+
+
+def _feed_statement(
+    req: Request, source: str | None, kind: str | None
+) -> tuple[str, tuple[Any, ...]] | None:
+    """The named statement of a feed page and its filter arguments; None when the caller's
+    credential cannot read the kind asked for (the page is empty without a statement)."""
+    if kind is not None and kind not in _KINDS:
+        raise ReadError("kind must be encounter, claim or lab_result")
+    if kind is None and req.kinds is not None and len(req.kinds) == 1:
+        (kind,) = req.kinds  # one kind readable: its own index
+    if kind is not None and not req.may_read(kind):
+        return None
+    if req.kinds is not None and not req.kinds:
+        return None
+    if source is None:
+        return ("read_records", ()) if kind is None else ("read_records_of_kind", (kind,))
+    if kind is None:
+        return "read_records_of_source", (source,)
+    return "read_records_of_source_kind", (source, kind)
 
 
 async def _records(
@@ -255,25 +442,53 @@ async def _records(
     kind: str | None = None,
     first: int = 100,
     after: str | None = None,
+    updatedSince: datetime | None = None,
 ) -> dict[str, Any]:
     req: Request = info.context
     limit = _page_size(first)
-    if kind is not None and kind not in _KINDS:
-        raise ReadError("kind must be encounter, claim or lab_result")
-    since = decode_cursor(after)
-    if source is None:
-        rows = await req.fetch("read_records", *since, limit + 1, kind)
-    else:
-        rows = await req.fetch("read_records_of_source", *since, limit + 1, kind, source)
+    statement = _feed_statement(req, source, kind)
+    xid, rid = feed_position(await req.open(after))
+    seek = updatedSince is not None and after is None
+    rows: list[asyncpg.Record] = []
+    if statement is not None:
+        name, filters = statement
+        found = await req.fetch(
+            name, str(xid), rid, limit + 1, req.kinds_arg, updatedSince, seek, *filters
+        )
+        rows = [r for r in found if r["record_id"] is not None]
+        if not rows and after is None:
+            # An empty first page resumes where it would have started (the seek's position).
+            xid = next((int(r["xid"]) for r in found if r["record_id"] is None), xid)
     more = len(rows) > limit
     rows = rows[:limit]
+    wanted = _selected(info)
+    items = await _feed_items(req, rows, wanted)
+    last = (int(rows[-1]["xid"]), rows[-1]["record_id"]) if rows else (xid, rid)
+    cursors = [feed_payload(*last)] if wanted & {"nextCursor", "resumeCursor"} else []
+    (resume,) = await req.seal(cursors) if cursors else (None,)
+    return {"items": items, "nextCursor": resume if more else None, "resumeCursor": resume}
+
+
+async def _feed_items(
+    req: Request, rows: list[asyncpg.Record], wanted: frozenset[str]
+) -> list[dict[str, Any]]:
+    """A feed page's records in the schema's shape, identifiers issued per page."""
     tokens = await req.tokens_for([r["normalized"].get("patient_token") or "" for r in rows])
-    items = []
+    record_ids = (
+        await req.record_ids([r["record_id"] for r in rows]) if "recordId" in wanted else []
+    )
+    contents: list[_Item | None] = []
     for r, token in zip(rows, tokens, strict=True):
+        obj = r["normalized"].get(r["record_kind"])
+        ok = r["record_kind"] in _SHAPE and isinstance(obj, dict)
         position = (r["ingested_at"], r["record_id"])
+        contents.append(_Item(r["record_kind"], obj, token, position) if ok else None)
+    shaped = await _shape_items(req, contents, wanted)
+    items = []
+    for i, (r, token, content) in enumerate(zip(rows, tokens, shaped, strict=True)):
         record_kind = r["record_kind"]
         item: dict[str, Any] = {
-            "recordId": str(r["record_id"]),
+            "recordId": record_ids[i] if record_ids else None,
             "patientToken": token,
             "kind": record_kind,
             "source": r["source"],
@@ -285,13 +500,10 @@ async def _records(
             "claim": None,
             "labResult": None,
         }
-        obj = r["normalized"].get(record_kind)
-        if record_kind in _SHAPE and isinstance(obj, dict):
-            item[_FIELD_OF_KIND[record_kind]] = _SHAPE[record_kind](obj, token, position)
+        if content is not None:
+            item[_FIELD_OF_KIND[record_kind]] = content
         items.append(item)
-    last = rows[-1] if rows else None
-    next_cursor = encode_cursor(last["ingested_at"], last["record_id"]) if more and last else None
-    return {"items": items, "nextCursor": next_cursor}
+    return items
 
 
 _ROOT_RESOLVERS: dict[str, Callable[..., Any]] = {
@@ -346,7 +558,7 @@ class Documents:
 
 
 def _bounds(document: DocumentNode) -> list[GraphQLError]:
-    """Depth and complexity of each operation, counted over fragments too."""
+    """Depth, root fields and complexity of each operation, counted over fragments too."""
     fragments = {
         d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
     }
@@ -354,12 +566,35 @@ def _bounds(document: DocumentNode) -> list[GraphQLError]:
     for op in document.definitions:
         if not isinstance(op, OperationDefinitionNode):
             continue
+        if _root_fields(op.selection_set, fragments) > MAX_ROOT_FIELDS:
+            errors.append(
+                GraphQLError(f"query has more than {MAX_ROOT_FIELDS} root fields (aliases count)")
+            )
+            continue
         depth, cost = _measure(op.selection_set, fragments, 1)
         if depth > MAX_DEPTH:
             errors.append(GraphQLError(f"query is deeper than {MAX_DEPTH} levels"))
         if cost > MAX_COST:
             errors.append(GraphQLError(f"query is too complex (cost over {MAX_COST})"))
     return errors
+
+
+def _root_fields(selections: SelectionSetNode, fragments: dict[str, FragmentDefinitionNode]) -> int:
+    """The fields an operation selects at its root, each alias once and each fragment spread as
+    often as it is spread (validation has already refused fragment cycles)."""
+    count = 0
+    for node in selections.selections:
+        if isinstance(node, FieldNode):
+            count += 1
+        elif isinstance(node, InlineFragmentNode):
+            count += _root_fields(node.selection_set, fragments)
+        elif isinstance(node, FragmentSpreadNode):
+            fragment = fragments.get(node.name.value)
+            if fragment is not None:
+                count += _root_fields(fragment.selection_set, fragments)
+        if count > MAX_ROOT_FIELDS:
+            break  # enough to refuse; a spread repeated many times is not walked further
+    return count
 
 
 def _measure(
@@ -388,10 +623,13 @@ def _measure(
 
 
 def _first_of(node: FieldNode) -> int:
-    """The page size a list field asks for; a variable counts as the largest page."""
+    """The page size a list field may return: a literal ``first``, the largest page for a
+    variable (the caller chooses it after validation), else the field's default."""
     for arg in node.arguments:
-        if arg.name.value == "first" and isinstance(arg.value, graphql.IntValueNode):
-            return max(1, min(int(arg.value.value), MAX_PAGE))
+        if arg.name.value == "first":
+            if isinstance(arg.value, graphql.IntValueNode):
+                return max(1, min(int(arg.value.value), MAX_PAGE))
+            return MAX_PAGE
     return MAX_PAGE if node.name.value != "records" else 100
 
 
@@ -436,8 +674,14 @@ def _name_of(plan: Plan) -> str | None:
 def _public(error: GraphQLError) -> dict[str, Any]:
     """A GraphQL error as the caller sees it: our own message, or ``internal error``."""
     original = error.original_error
+    # Input coercion (a variable of the wrong shape) nests graphql-core's own error: its message
+    # says what was wrong with the caller's value, as validation messages do.
+    while isinstance(original, GraphQLError) and isinstance(
+        original.original_error, GraphQLError | ReadError | None
+    ):
+        original = original.original_error
     if original is None or isinstance(original, ReadError):
-        message = str(original) if original is not None else error.message
+        message = str(original) if isinstance(original, ReadError) else error.message
     else:
         log.error(
             "read resolver failed",

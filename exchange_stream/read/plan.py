@@ -133,12 +133,11 @@ async def run_plan(
     coerced = get_variable_values(schema, definitions, variables or {})
     if isinstance(coerced, list):
         raise Fallback
-    info = _Info(context)
     data: dict[str, Any] = {}
     for sel in plan.roots:
         args = get_argument_values(sel.field, sel.node, coerced)
         try:
-            value = await sel.field.resolve(None, info, **args)
+            value = await sel.field.resolve(None, _Info(context, (sel.node,)), **args)
         except Exception:
             raise Fallback from None
         data[sel.key] = _copy(value, sel.shape)
@@ -146,12 +145,15 @@ async def run_plan(
 
 
 class _Info:
-    """What our root resolvers read of graphql-core's ``info``: the request context."""
+    """What our root resolvers read of graphql-core's ``info``: the request context, and the
+    field's node (what it selects; a plan holds no fragments)."""
 
-    __slots__ = ("context",)
+    __slots__ = ("context", "field_nodes", "fragments")
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, field_nodes: tuple[FieldNode, ...]) -> None:
         self.context = context
+        self.field_nodes = field_nodes
+        self.fragments: dict[str, Any] = {}
 
 
 def _copy(value: Any, shape: Shape) -> Any:

@@ -1,6 +1,7 @@
--- name: migrations_lock
--- One migrator at a time across every worker; the key is arbitrary but fixed.
-SELECT pg_advisory_lock(7211504001)
+-- name: migrations_try_lock
+-- One migrator at a time across every worker; the key is arbitrary but fixed. Polled, not
+-- waited for inside Postgres (infra/migrate.py says why).
+SELECT pg_try_advisory_lock(7211504001)
 
 -- name: migrations_unlock
 SELECT pg_advisory_unlock(7211504001)

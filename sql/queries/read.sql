@@ -1,32 +1,137 @@
--- The read API (exchange_stream/read/graphql.py). Every list is in receipt order, (ingested_at,
--- record_id), and continues after a cursor of that pair; each reads one index range.
+-- The read API (exchange_stream/read/graphql.py). Each list reads one index range. A patient's
+-- lists are in receipt order, (ingested_at, record_id), and continue after a cursor of that pair;
+-- `records` is the feed, in commit order (below). $kinds (text[]) is what the caller's credential
+-- may read, NULL for every kind: a record of another kind is never read.
 
 -- name: read_patient_exists
-SELECT EXISTS (SELECT 1 FROM canonical_records WHERE normalized ->> 'patient_token' = $1)
+-- $1 master token, $2 kinds or null
+SELECT EXISTS (
+    SELECT 1 FROM canonical_records
+    WHERE normalized ->> 'patient_token' = $1 AND ($2::text[] IS NULL OR record_kind = ANY($2))
+)
 
 -- name: read_patient_kind
 -- One patient's records of one kind: their kind object only. $1 master token, $2 kind,
--- $3/$4 the cursor (ingested_at, record_id), $5 limit
+-- $3/$4 the cursor (ingested_at, record_id), $5 limit, $6 kinds or null
 SELECT record_id, ingested_at, normalized -> $2 AS object
 FROM canonical_records
 WHERE normalized ->> 'patient_token' = $1 AND record_kind = $2
-  AND (ingested_at, record_id) > ($3, $4)
+  AND (ingested_at, record_id) > ($3, $4) AND ($6::text[] IS NULL OR $2 = ANY($6))
 ORDER BY ingested_at, record_id
 LIMIT $5
 
 -- name: read_records
--- $1/$2 the cursor, $3 limit, $4 kind or null
-SELECT record_id, source, record_kind, schema_hint, ingested_at, normalized_at, normalized
-FROM canonical_records
-WHERE (ingested_at, record_id) > ($1, $2) AND ($4::text IS NULL OR record_kind = $4)
-ORDER BY ingested_at, record_id
-LIMIT $3
+-- The feed: canonical rows in commit order, (insert_xid, record_id), read only below the oldest
+-- transaction still running. Every row below that horizon is committed and visible, and no row
+-- with a smaller insert_xid can appear later (migration 0004), so a cursor never passes a row
+-- still to commit: a row whose transaction is open, or any transaction that began before it, is
+-- returned once they have ended, after the rows already read. updatedSince ($5) keeps the rows
+-- written at or after it; on the first page ($6, seek) the page starts at the smallest
+-- insert_xid among them (one index range of canonical_records_normalized_at_idx, or the feed
+-- index walked to the first such row, whichever the planner finds cheaper) instead of at the
+-- start of the table, and the statement then ends with one row of record_id NULL whose
+-- xid is that start (the position of an empty first page). Later pages start at their
+-- cursor and read only the feed index.
+-- $1/$2 the cursor (insert_xid as text, record_id), $3 limit, $4 kinds or null,
+-- $5 updatedSince or null, $6 seek
+WITH horizon AS (
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
+), start AS (
+    SELECT CASE WHEN $6 THEN least(
+               coalesce((SELECT min(insert_xid) FROM canonical_records WHERE normalized_at >= $5),
+                        xmin),
+               xmin)
+           ELSE '0'::xid8 END AS xid
+    FROM horizon
+)
+(SELECT record_id, insert_xid::text AS xid, source, record_kind, schema_hint, ingested_at,
+        normalized_at, normalized
+ FROM canonical_records
+ WHERE (insert_xid, record_id) > ($1::text::xid8, $2::uuid)
+   AND insert_xid < (SELECT xmin FROM horizon) AND insert_xid >= (SELECT xid FROM start)
+   AND ($4::text[] IS NULL OR record_kind = ANY($4))
+   AND ($5::timestamptz IS NULL OR normalized_at >= $5)
+ ORDER BY insert_xid, record_id
+ LIMIT $3)
+UNION ALL
+SELECT NULL, (SELECT xid FROM start)::text, NULL, NULL, NULL, NULL, NULL, NULL WHERE $6
+
+-- name: read_records_of_kind
+-- The feed of one kind (canonical_records_kind_feed_idx); as read_records.
+-- $1/$2 the cursor (insert_xid as text, record_id), $3 limit, $4 kinds or null,
+-- $5 updatedSince or null, $6 seek, $7 kind
+WITH horizon AS (
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
+), start AS (
+    SELECT CASE WHEN $6 THEN least(
+               coalesce((SELECT min(insert_xid) FROM canonical_records WHERE normalized_at >= $5),
+                        xmin),
+               xmin)
+           ELSE '0'::xid8 END AS xid
+    FROM horizon
+)
+(SELECT record_id, insert_xid::text AS xid, source, record_kind, schema_hint, ingested_at,
+        normalized_at, normalized
+ FROM canonical_records
+ WHERE record_kind = $7 AND (insert_xid, record_id) > ($1::text::xid8, $2::uuid)
+   AND insert_xid < (SELECT xmin FROM horizon) AND insert_xid >= (SELECT xid FROM start)
+   AND ($4::text[] IS NULL OR record_kind = ANY($4))
+   AND ($5::timestamptz IS NULL OR normalized_at >= $5)
+ ORDER BY insert_xid, record_id
+ LIMIT $3)
+UNION ALL
+SELECT NULL, (SELECT xid FROM start)::text, NULL, NULL, NULL, NULL, NULL, NULL WHERE $6
 
 -- name: read_records_of_source
--- $1/$2 the cursor, $3 limit, $4 kind or null, $5 source
-SELECT record_id, source, record_kind, schema_hint, ingested_at, normalized_at, normalized
-FROM canonical_records
-WHERE source = $5 AND (ingested_at, record_id) > ($1, $2)
-  AND ($4::text IS NULL OR record_kind = $4)
-ORDER BY ingested_at, record_id
-LIMIT $3
+-- The feed of one source (canonical_records_source_feed_idx); as read_records.
+-- $1/$2 the cursor (insert_xid as text, record_id), $3 limit, $4 kinds or null,
+-- $5 updatedSince or null, $6 seek, $7 source
+WITH horizon AS (
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
+), start AS (
+    SELECT CASE WHEN $6 THEN least(
+               coalesce((SELECT min(insert_xid) FROM canonical_records WHERE normalized_at >= $5),
+                        xmin),
+               xmin)
+           ELSE '0'::xid8 END AS xid
+    FROM horizon
+)
+(SELECT record_id, insert_xid::text AS xid, source, record_kind, schema_hint, ingested_at,
+        normalized_at, normalized
+ FROM canonical_records
+ WHERE source = $7 AND (insert_xid, record_id) > ($1::text::xid8, $2::uuid)
+   AND insert_xid < (SELECT xmin FROM horizon) AND insert_xid >= (SELECT xid FROM start)
+   AND ($4::text[] IS NULL OR record_kind = ANY($4))
+   AND ($5::timestamptz IS NULL OR normalized_at >= $5)
+ ORDER BY insert_xid, record_id
+ LIMIT $3)
+UNION ALL
+SELECT NULL, (SELECT xid FROM start)::text, NULL, NULL, NULL, NULL, NULL, NULL WHERE $6
+
+-- name: read_records_of_source_kind
+-- The feed of one source and kind (canonical_records_source_kind_feed_idx); as read_records.
+-- $1/$2 the cursor (insert_xid as text, record_id), $3 limit, $4 kinds or null,
+-- $5 updatedSince or null, $6 seek, $7 source,
+-- $8 kind
+WITH horizon AS (
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
+), start AS (
+    SELECT CASE WHEN $6 THEN least(
+               coalesce((SELECT min(insert_xid) FROM canonical_records WHERE normalized_at >= $5),
+                        xmin),
+               xmin)
+           ELSE '0'::xid8 END AS xid
+    FROM horizon
+)
+(SELECT record_id, insert_xid::text AS xid, source, record_kind, schema_hint, ingested_at,
+        normalized_at, normalized
+ FROM canonical_records
+ WHERE source = $7 AND record_kind = $8
+   AND (insert_xid, record_id) > ($1::text::xid8, $2::uuid)
+   AND insert_xid < (SELECT xmin FROM horizon) AND insert_xid >= (SELECT xid FROM start)
+   AND ($4::text[] IS NULL OR record_kind = ANY($4))
+   AND ($5::timestamptz IS NULL OR normalized_at >= $5)
+ ORDER BY insert_xid, record_id
+ LIMIT $3)
+UNION ALL
+SELECT NULL, (SELECT xid FROM start)::text, NULL, NULL, NULL, NULL, NULL, NULL WHERE $6

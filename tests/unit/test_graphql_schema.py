@@ -9,6 +9,7 @@ from graphql import (
     GraphQLArgument,
     GraphQLField,
     GraphQLObjectType,
+    GraphQLScalarType,
     GraphQLSchema,
     GraphQLUnionType,
     build_schema,
@@ -35,7 +36,13 @@ SEED_FIELDS: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
 ADDED_QUERIES: dict[str, tuple[str, dict[str, str]]] = {
     "records": (
         "RecordPage!",
-        {"source": "String", "kind": "String", "first": "Int", "after": "String"},
+        {
+            "source": "String",
+            "kind": "String",
+            "updatedSince": "DateTime",
+            "first": "Int",
+            "after": "String",
+        },
     ),
     "claims": ("[Claim!]!", {"patientToken": "ID!", "first": "Int", "after": "String"}),
     "labResults": ("[LabResult!]!", {"patientToken": "ID!", "first": "Int", "after": "String"}),
@@ -177,6 +184,12 @@ def test_records_page_defaults_to_100_and_has_a_nullable_cursor(schema: GraphQLS
     assert default(field(schema, "Query", "records").args["first"]) == 100
     assert str(field(schema, "RecordPage", "items").type) == "[Record!]!"
     assert str(field(schema, "RecordPage", "nextCursor").type) == "String"
+    assert str(field(schema, "RecordPage", "resumeCursor").type) == "String!"
+
+
+def test_updated_since_is_a_date_time_scalar(schema: GraphQLSchema) -> None:
+    assert isinstance(schema.get_type("DateTime"), GraphQLScalarType)
+    assert schema.get_type("DateTime").description
 
 
 @pytest.mark.parametrize(("name", "expected_type"), list(RECORD_FIELDS.items()))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import graphql
@@ -12,7 +10,6 @@ import pytest
 from exchange_stream.read import graphql as read
 from exchange_stream.read.plan import Fallback, compile_plan, run_plan
 
-AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 CODES = [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "E11.9"}]
 ENCOUNTER = {
     "encounter_id": "e-1",
@@ -32,7 +29,8 @@ def _schema(encounters: list[dict[str, Any]]) -> graphql.GraphQLSchema:
 
     async def encounters_(_: Any, info: Any, patientToken: str, **__: Any) -> list:
         return [
-            read.encounter(e, "rt1.x.1.t", (AT, uuid.UUID(int=i))) for i, e in enumerate(encounters)
+            read.encounter(e, "rt1.x.1.t", f"ri1.x.1.{i}", f"rc1.x.1.{i}")
+            for i, e in enumerate(encounters)
         ]
 
     async def patient_(_: Any, info: Any, patientToken: str) -> dict | None:
@@ -40,8 +38,6 @@ def _schema(encounters: list[dict[str, Any]]) -> graphql.GraphQLSchema:
 
     query.fields["encounters"].resolve = encounters_
     query.fields["patient"].resolve = patient_
-    for listed in ("Encounter", "Claim", "LabResult"):
-        schema.type_map[listed].fields["cursor"].resolve = read._cursor_field
     schema.type_map["LabValue"].resolve_type = read._lab_value_type
     return schema
 
