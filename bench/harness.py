@@ -8,6 +8,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -37,6 +38,57 @@ class Result:
     @property
     def per_second(self) -> float:
         return self.ops / self.seconds if self.seconds else 0.0
+
+
+CALIBRATION_COMMAND = (
+    'python3 -c "import time;t=time.time();[0 for _ in range(10_000_000)];print(time.time()-t)"'
+)
+
+
+def calibration_s() -> float:
+    """Seconds of a fixed pure-Python loop (``CALIBRATION_COMMAND``), printed beside absolute
+    figures: machines of one kind here differ about 3x in it, and times scale with it."""
+    started = time.time()
+    [0 for _ in range(10_000_000)]
+    return time.time() - started
+
+
+class GitRef:
+    """A git ref of this repository checked out in a temporary worktree, whose code a worker
+    runs (``PYTHONPATH`` puts it before the editable install), so a bench compares it with the
+    working tree in one run on one machine."""
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        self.path = Path(tempfile.mkdtemp(prefix="bench-ref-")) / "tree"
+        self.commit = ""
+
+    def __enter__(self) -> GitRef:
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(self.path), self.ref],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        self.commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=self.path,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return self
+
+    def env(self) -> dict[str, str]:
+        """What a worker of this ref needs in its environment."""
+        return {"PYTHONPATH": str(self.path)}
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(self.path)],
+            cwd=ROOT,
+            capture_output=True,
+        )
 
 
 def percentile(samples: list[float], pct: float) -> float:

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/read.py [--duration 10] [--connections 16] [--warmup 3]
         [--ingest-rate 200] [--threads 1] [--min-rows 1000000] [--output bench/results/read.json]
-        [--profile bench/results/read-encounters.pyspy.txt]
+        [--profile bench/results/read-encounters.pyspy.txt] [--ref GIT_REF --rounds N]
 
 Runs against the stack of the environment (POSTGRES_PORT, KAFKA_BROKERS, MINIO_ENDPOINT, as
 for the tests) whose database holds the rows of ``bench/load_canonical.py`` (the worker must use
@@ -26,6 +26,11 @@ the same TOKENIZER_HMAC_SECRET as the loader; both default to the local one). In
    record`` of the worker (``.venv/bin/pip install py-spy``; not a project dependency): its
    collapsed stacks go to FILE, and the functions with the most samples are printed.
 
+With ``--ref``, a worker of that git ref (checked out in a temporary worktree) runs the same
+rows after the working tree's, ``--rounds`` times, alternating, and a table of both follows:
+the figures to compare, since absolute ones change with the machine (a calibration figure, the
+time of a fixed Python loop, is printed first).
+
 Each row shows queries/s (2xx answers without GraphQL errors), latency percentiles (ms), the
 non-2xx answers, answers with GraphQL errors, socket errors, and CPU in % of one core: wrk's,
 the worker's (also as CPU ms per query, which the machine's load changes little), its Postgres
@@ -44,6 +49,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,7 +67,7 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 from compare_seed import settle, start_worker, topics
-from harness import ROOT, bodies
+from harness import CALIBRATION_COMMAND, ROOT, GitRef, bodies, calibration_s
 from openloop import OpenLoopResult, run_openloop
 from wrk import CpuMeter, WrkResult, parse_wrk_output, require_wrk
 
@@ -240,7 +246,8 @@ async def explain(conn: asyncpg.Connection, master: str, *, generic: bool) -> li
     """
     # EXECUTE takes no bind parameters: the token goes in as a literal quoted by Postgres.
     token = await conn.fetchval("SELECT quote_literal($1::text)", master)
-    args = f"{token}, 'encounter', '{_EPOCH}', '{uuid.UUID(int=0)}', {RECORDS_PAGE}"
+    # The last argument is the credential's kinds: NULL, every kind (``Bearer dev``).
+    args = f"{token}, 'encounter', '{_EPOCH}', '{uuid.UUID(int=0)}', {RECORDS_PAGE}, NULL"
     name = f"bench_read_{uuid.uuid4().hex[:8]}"
     async with conn.transaction():
         await conn.execute(
@@ -735,9 +742,14 @@ def run_bench(bench: Bench, queries: list[Query], ingest_bodies: Path) -> Outcom
 
 
 def start_and_run(
-    args: argparse.Namespace, settings: Settings, db: Database, pre: Preconditions
+    args: argparse.Namespace,
+    settings: Settings,
+    db: Database,
+    pre: Preconditions,
+    code_env: dict[str, str] | None = None,
 ) -> Outcome:
-    """Start the full worker on topics of this run's own, run the bench, stop the worker."""
+    """Start the full worker on topics of this run's own, run the bench, stop the worker;
+    ``code_env`` points the worker at another tree's code (``harness.GitRef``)."""
     run = uuid.uuid4().hex[:8]
     ingest_topic = f"bench.read.{run}.v2"
     asyncio.run(topics("create", [ingest_topic]))
@@ -751,6 +763,7 @@ def start_and_run(
                     "APP_ID": f"bench-read-{run}",
                     "TOPIC_RECORD_INGESTED_V2": ingest_topic,
                     "KAFKA_TOPICS": ingest_topic,
+                    **(code_env or {}),
                 },
             )
             try:
@@ -808,6 +821,66 @@ def report(args: argparse.Namespace, pre: Preconditions, outcome: Outcome) -> di
     }
 
 
+def compare_with_ref(
+    args: argparse.Namespace, settings: Settings, db: Database, pre: Preconditions
+) -> dict[str, Any]:
+    """``--rounds`` rounds of the working tree's worker and the ref's, alternating (which goes
+    first alternates too), then one table of both: queries/s, p50, p99 and the worker's CPU per
+    query, medians over the rounds, with the ratio of the working tree's to the ref's."""
+    runs: dict[str, list[Outcome]] = {"working tree": [], args.ref: []}
+    with GitRef(args.ref) as ref:
+        systems = [("working tree", None), (args.ref, ref.env())]
+        for round_no in range(args.rounds):
+            for label, env in systems if round_no % 2 == 0 else systems[::-1]:
+                print(
+                    f"\n=== round {round_no + 1}: {label}{f' ({ref.commit})' if env else ''} ===",
+                    flush=True,
+                )
+                runs[label].append(start_and_run(args, settings, db, pre, env))
+    names = [r.wrk.label for r in runs["working tree"][0].rows]
+
+    def med(label: str, i: int, get: Callable[[Row], float | None]) -> float:
+        values = [v for o in runs[label] if (v := get(o.rows[i])) is not None]
+        return statistics.median(values) if values else float("nan")
+
+    print(f"\nside by side, medians of {args.rounds} round(s): working tree / {args.ref}")
+    print("| query | queries/s | p50 ms | p99 ms | worker CPU ms/query | p99 ratio | CPU ratio |")
+    print("|---|---|---|---|---|---|---|")
+    table = []
+    for i, name in enumerate(names):
+        cells = {}
+        for label in runs:
+            cells[label] = {
+                "qps": med(label, i, lambda r: r.per_second),
+                "p50": med(label, i, lambda r: r.wrk.latency_ms["p50"]),
+                "p99": med(label, i, lambda r: r.wrk.latency_ms["p99"]),
+                "ms_per_query": med(label, i, lambda r: r.worker_ms_per_query),
+            }
+        new, old = cells["working tree"], cells[args.ref]
+        p99_ratio = new["p99"] / old["p99"] if old["p99"] else float("nan")
+        cpu_ratio = new["ms_per_query"] / old["ms_per_query"] if old["ms_per_query"] else 0.0
+        print(
+            f"| {name} | {new['qps']:,.0f} / {old['qps']:,.0f} | {new['p50']:.1f} / "
+            f"{old['p50']:.1f} | {new['p99']:.1f} / {old['p99']:.1f} | "
+            f"{new['ms_per_query']:.2f} / {old['ms_per_query']:.2f} | {p99_ratio:.2f} | "
+            f"{cpu_ratio:.2f} |"
+        )
+        table.append({"query": name, "cells": cells, "p99_ratio": p99_ratio})
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cores": os.cpu_count(),
+        "ref": args.ref,
+        "rounds": args.rounds,
+        "preconditions": pre.public(),
+        "side_by_side": table,
+        "runs": {
+            label: [[r.as_dict() for r in o.rows] for o in outcomes]
+            for label, outcomes in runs.items()
+        },
+        "durations_s": {},
+    }
+
+
 def main() -> None:
     """Parse the options, check the preconditions, run, report, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -822,6 +895,13 @@ def main() -> None:
     parser.add_argument(
         "--profile", metavar="FILE", help="also py-spy the worker on encounters (collapsed stacks)"
     )
+    parser.add_argument(
+        "--ref",
+        metavar="GIT_REF",
+        help="also run a worker of this git ref (a temporary worktree), alternating with the "
+        "working tree's, and print both side by side",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="with --ref: rounds of both")
     parser.add_argument("--output", default=str(ROOT / "bench/results/read.json"))
     args = parser.parse_args()
     require_wrk()
@@ -834,14 +914,19 @@ def main() -> None:
         f"read bench on {settings.postgres_host}:{settings.postgres_port}/{settings.postgres_db}"
         f"; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
     )
+    calibration = calibration_s()
+    print(f"calibration: {calibration:.2f} s for `{CALIBRATION_COMMAND}`")
     db = Database(settings)
     try:
         pre = db.run(preconditions(db.conn, args.min_rows))
         show_preconditions(pre, args.min_rows, time.monotonic() - started)
-        outcome = start_and_run(args, settings, db, pre)
+        if args.ref:
+            document = compare_with_ref(args, settings, db, pre)
+        else:
+            document = report(args, pre, start_and_run(args, settings, db, pre))
     finally:
         db.close()
-    document = report(args, pre, outcome)
+    document["calibration_s"] = calibration
     document["durations_s"]["total_s"] = time.monotonic() - started
     document["load_average"] = {"start": load_at_start, "end": os.getloadavg()}
     print(f"total {document['durations_s']['total_s']:.0f} s")
