@@ -26,9 +26,12 @@ Item ids (``encounterId``, ``claimId``, ``resultId``: any partner string):
 
     ri1.<recipient>.<version>.<base64url, no padding, of AES-SIV(value)>
 
-AES-SIV (RFC 5297) under the ``item`` subkey, the associated data ``b"ri1"``, the recipient id,
-the decimal version and the kind (``encounter``, ``claim``, ``lab_result``), so an encounter and
-a claim that share an id get different encodings and an id opens only as its own kind. The
+AES-SIV (RFC 5297) under the subkey of the kind, purpose ``b"item" 0x00 <kind>`` (``encounter``,
+``claim``, ``lab_result``), so an encounter and a claim that share an id get different encodings
+and an id opens only as its own kind. No associated data: the key is already that of one
+(recipient, version, kind), so a value relabelled as another recipient or version is opened
+under another key and fails its tag, and each associated-data string would cost AES-SIV one more
+CMAC pass (measured: 5.7 against 1.4 µs per id with the five strings this replaced). The
 plaintext is the value's UTF-8 padded ISO/IEC 7816-4 style (0x80, then zeros) to a multiple of
 16 bytes, so the length says only which 16-byte band the value's length falls in.
 
@@ -36,8 +39,8 @@ Cursors (opaque bytes of the read API, under 64):
 
     rc1.<recipient>.<version>.<base64url, no padding, of AES-SIV(payload)>
 
-AES-SIV under the ``cursor`` subkey with the associated data ``b"rc1"``, recipient and version:
-authenticated, so a forged, altered or other recipient's cursor opens to nothing.
+AES-SIV under the ``cursor`` subkey, no associated data (as for item ids): authenticated, so a
+forged, altered or other recipient's cursor opens to nothing.
 
 Every ``open_...`` refuses, as ``None`` and never an exception, anything malformed, another
 recipient's or kind's value, a version the caller does not list as resolvable, and any altered
@@ -54,6 +57,7 @@ import hmac
 import re
 import uuid
 from base64 import urlsafe_b64decode, urlsafe_b64encode
+from binascii import b2a_base64
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -118,10 +122,9 @@ class _Keys:
     version_bytes: bytes
     permutation: Cipher[modes.ECB]
     check: Cipher[modes.ECB]
-    item: AESSIV
+    items: dict[str, AESSIV]  # per kind
     cursor: AESSIV
     label: str  # "<recipient>.<version>."
-    ad: tuple[bytes, bytes]  # recipient, version
 
 
 def _keys(key: bytes, recipient: str, version: int) -> _Keys:
@@ -130,10 +133,9 @@ def _keys(key: bytes, recipient: str, version: int) -> _Keys:
         version_bytes=version.to_bytes(4, "big"),
         permutation=_ecb(record[:32]),
         check=_ecb(record[32:]),
-        item=AESSIV(_subkey(key, b"item")),
+        items={k: AESSIV(_subkey(key, b"item\x00" + k.encode("ascii"))) for k in ITEM_KINDS},
         cursor=AESSIV(_subkey(key, b"cursor")),
         label=f"{recipient}.{version}.",
-        ad=(recipient.encode("ascii"), str(version).encode("ascii")),
     )
 
 
@@ -150,8 +152,14 @@ def _unb64(text: str) -> bytes | None:
     return data if _b64(data) == text else None
 
 
+# What ``_pad`` appends to a value of each length modulo 16.
+_PADDING = tuple(b"\x80" + b"\x00" * (15 - n) for n in range(16))
+# Standard base64 to unpadded base64url, in one translate.
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _pad(data: bytes) -> bytes:
-    return data + b"\x80" + b"\x00" * (15 - len(data) % 16)
+    return data + _PADDING[len(data) % 16]
 
 
 def _unpad(data: bytes) -> bytes | None:
@@ -241,17 +249,19 @@ class ScopedIds:
         if kind not in ITEM_KINDS:
             raise ValueError(f"an item kind is one of {sorted(ITEM_KINDS)}")
         keys = self._entry(recipient, validate_version(version))
-        ad = [ITEM_FORMAT.encode("ascii"), *keys.ad, kind.encode("ascii")]
         prefix = f"{ITEM_FORMAT}.{keys.label}"
-        encrypt = keys.item.encrypt
+        encrypt = keys.items[kind].encrypt
         out = []
+        append = out.append
+        # The loop runs once per item of a page: _pad and _b64 inlined.
         for value in values:
             if not isinstance(value, str):
                 raise TypeError("an item id is a string")
             data = value.encode("utf-8")
             if len(data) > MAX_ITEM_BYTES:
                 raise ValueError(f"an item id is at most {MAX_ITEM_BYTES} bytes")
-            out.append(prefix + _b64(encrypt(_pad(data), ad)))
+            sealed = encrypt(data + _PADDING[len(data) % 16], None)
+            append(prefix + b2a_base64(sealed, newline=False).translate(_URLSAFE, b"=").decode())
         return out
 
     def open_item_id(
@@ -274,7 +284,7 @@ class ScopedIds:
         if not isinstance(payload, bytes | bytearray) or len(payload) > MAX_CURSOR_BYTES:
             raise ValueError(f"a cursor payload is at most {MAX_CURSOR_BYTES} bytes")
         keys = self._entry(recipient, validate_version(version))
-        sealed = keys.cursor.encrypt(bytes(payload), [CURSOR_FORMAT.encode("ascii"), *keys.ad])
+        sealed = keys.cursor.encrypt(bytes(payload), None)
         return f"{CURSOR_FORMAT}.{keys.label}{_b64(sealed)}"
 
     def open_cursor(self, text: object, recipient: str, versions: Collection[int]) -> bytes | None:
@@ -302,12 +312,16 @@ class ScopedIds:
         keys = self._resolvable(recipient, int(version_text), versions) if accepted else None
         if keys is None:
             keys = self._decoy
-        aead = keys.item if fmt == ITEM_FORMAT else keys.cursor
-        ad = [fmt.encode("ascii"), named.encode("ascii"), version_text.encode("ascii")]
-        if kind is not None:
-            ad.append(kind.encode("ascii"))
+        if fmt == ITEM_FORMAT:
+            if kind is None:
+                return None
+            aead = keys.items[kind]
+        else:
+            if kind is not None:
+                return None
+            aead = keys.cursor
         try:
-            plain = aead.decrypt(sealed, ad)
+            plain = aead.decrypt(sealed, None)
         except InvalidTag:
             return None
         return plain if keys is not self._decoy else None
