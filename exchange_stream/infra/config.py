@@ -91,7 +91,7 @@ class Settings:
     pg_pool_size: int = 20
     pg_work_pool_size: int = 8
     # The read API's own pool (GraphQL): a burst of reads never takes ingest's connections.
-    pg_read_pool_size: int = 10
+    pg_read_pool_size: int = 20
     pg_batch_custom_plans: bool = True
     # Bodies a worker stored, kept in memory for its own normalizer (infra/storage.py); 0: off.
     raw_cache_mb: int = 64
@@ -237,7 +237,7 @@ class Settings:
             normalizer_within_ms=get_int("NORMALIZER_WITHIN_MS", 20, 1),
             pg_pool_size=get_int("PG_POOL_SIZE", 20, 2),
             pg_work_pool_size=get_int("PG_WORK_POOL_SIZE", 8, 2),
-            pg_read_pool_size=get_int("PG_READ_POOL_SIZE", 10, 1),
+            pg_read_pool_size=get_int("PG_READ_POOL_SIZE", 20, 1),
             pg_batch_custom_plans=get_bool("PG_BATCH_CUSTOM_PLANS", True),
             raw_cache_mb=get_int("RAW_CACHE_MB", 64, 0),
             outbox_linger_ms=get_int("OUTBOX_LINGER_MS", 30, 0),
