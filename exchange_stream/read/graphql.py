@@ -179,7 +179,7 @@ class Request:
     async def seal(self, payloads: list[bytes]) -> list[str]:
         """The caller's cursors for ``payloads``, in order."""
         try:
-            return [await self.tokens.seal_cursor(self.recipient, p) for p in payloads]
+            return await self.tokens.seal_cursors(self.recipient, payloads)
         except RecipientUnavailable:
             raise ReadError("forbidden") from None
 

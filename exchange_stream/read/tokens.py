@@ -217,13 +217,24 @@ class RecipientTokenService(mode.Service):
             self._listener_pid = None
             conn.terminate()
 
+    async def _current(self, recipient: str) -> int | None:
+        """The key version new values are issued under; None for an unknown or revoked
+        recipient."""
+        keys = await self.keys(recipient)
+        return None if keys is None else keys.current
+
+    async def _resolvable(self, recipient: str) -> tuple[int, ...]:
+        """The key versions whose values still open; none for an unknown recipient."""
+        keys = await self.keys(recipient)
+        return keys.resolvable if keys is not None else ()
+
     async def issue_many(self, recipient: str, master_tokens: Sequence[str]) -> list[str]:
         """The recipient's tokens for ``master_tokens``, under its current key version; an
         empty list for a recipient that is unknown or revoked."""
-        keys = await self.keys(recipient)
-        if keys is None or keys.current is None:
+        version = await self._current(recipient)
+        if version is None:
             return []
-        return self._tokens.issue_many(master_tokens, recipient, keys.current)
+        return self._tokens.issue_many(master_tokens, recipient, version)
 
     async def issue(self, recipient: str, master_token: str) -> str | None:
         tokens = await self.issue_many(recipient, [master_token])
@@ -232,8 +243,7 @@ class RecipientTokenService(mode.Service):
     async def resolve_many(self, recipient: str, tokens: Sequence[object]) -> list[str | None]:
         """The master token of each of the recipient's ``tokens``, or None for each that does
         not resolve (see the module docstring)."""
-        keys = await self.keys(recipient)
-        versions = keys.resolvable if keys is not None else ()
+        versions = await self._resolvable(recipient)
         return self._tokens.resolve_many(tokens, recipient, versions)
 
     async def resolve(self, recipient: str, token: object) -> str | None:
@@ -244,44 +254,47 @@ class RecipientTokenService(mode.Service):
     async def record_ids(self, recipient: str, ids: Sequence[uuid.UUID]) -> list[str]:
         """The recipient's record id for each of ``ids``, in order, under its current key
         version; an empty list for a recipient that is unknown or revoked (like ``issue_many``)."""
-        keys = await self.keys(recipient)
-        if keys is None or keys.current is None:
+        version = await self._current(recipient)
+        if version is None:
             return []
-        return self._ids.record_ids(ids, recipient, keys.current)
+        return self._ids.record_ids(ids, recipient, version)
 
     async def open_record_id(self, recipient: str, text: object) -> uuid.UUID | None:
         """The record id behind one of the recipient's record ids; None if it is not one."""
-        keys = await self.keys(recipient)
-        versions = keys.resolvable if keys is not None else ()
+        versions = await self._resolvable(recipient)
         return self._ids.open_record_id(text, recipient, versions)
 
     async def item_ids(self, recipient: str, kind: str, values: Sequence[str]) -> list[str]:
         """The recipient's id for each partner id of ``kind`` (encounter, claim, lab_result), in
         order; an empty list for a recipient that is unknown or revoked."""
-        keys = await self.keys(recipient)
-        if keys is None or keys.current is None:
+        version = await self._current(recipient)
+        if version is None:
             return []
-        return self._ids.item_ids(kind, values, recipient, keys.current)
+        return self._ids.item_ids(kind, values, recipient, version)
 
     async def open_item_id(self, recipient: str, kind: str, text: object) -> str | None:
         """The partner id behind one of the recipient's ids of ``kind``; None if it is not one."""
-        keys = await self.keys(recipient)
-        versions = keys.resolvable if keys is not None else ()
+        versions = await self._resolvable(recipient)
         return self._ids.open_item_id(text, kind, recipient, versions)
 
     async def seal_cursor(self, recipient: str, payload: bytes) -> str:
         """The recipient's opaque, authenticated cursor for ``payload`` (at most 63 bytes).
         Raises ``RecipientUnavailable`` for a recipient that is unknown or revoked."""
-        keys = await self.keys(recipient)
-        if keys is None or keys.current is None:
+        return (await self.seal_cursors(recipient, [payload]))[0]
+
+    async def seal_cursors(self, recipient: str, payloads: Sequence[bytes]) -> list[str]:
+        """``seal_cursor`` for each of a page's ``payloads``, the keys looked up once."""
+        if not payloads:
+            return []
+        version = await self._current(recipient)
+        if version is None:
             raise RecipientUnavailable(recipient)
-        return self._ids.seal_cursor(payload, recipient, keys.current)
+        return [self._ids.seal_cursor(p, recipient, version) for p in payloads]
 
     async def open_cursor(self, recipient: str, text: object) -> bytes | None:
         """The payload of one of the recipient's cursors; None for anything else (another
         recipient's, a retired version's, altered, forged, not a string)."""
-        keys = await self.keys(recipient)
-        versions = keys.resolvable if keys is not None else ()
+        versions = await self._resolvable(recipient)
         return self._ids.open_cursor(text, recipient, versions)
 
 
