@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography import __version__ as cryptography_version
 from cryptography.hazmat.backends.openssl.backend import backend
+from harness import calibration_s
 
 from exchange_stream.core.recipient_token import RecipientTokens
 from exchange_stream.core.scoped_ids import ScopedIds
@@ -59,13 +60,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def calibration_s() -> float:
-    """The documented calibration loop, timed as the command in the module docstring does."""
-    t = time.time()
-    [0 for _ in range(10_000_000)]
-    return time.time() - t
 
 
 def scoped_id_rows(n: int, rounds: int) -> list[tuple[str, Callable[[], int]]]:
