@@ -396,7 +396,7 @@ def _per_patient(kind: str) -> Callable[..., Any]:
         patientToken: str,
         first: int = MAX_PAGE,
         after: str | None = None,
-    ) -> list[dict[str, Any] | None]:
+    ) -> list[dict[str, Any]]:
         req: Request = info.context
         limit = _page_size(first)
         since = list_position(kind, await req.open(after))
@@ -407,11 +407,19 @@ def _per_patient(kind: str) -> Callable[..., Any]:
         if not rows:
             return []
         (token,) = await req.tokens_for([master])
-        items: list[_Item | None] = [
-            _Item(kind, r["object"], token, (r["ingested_at"], r["record_id"])) for r in rows
-        ]
-        return await _shape_items(req, items, _selected(info))
+        wanted = _selected(info)
+        objects = [r["object"] for r in rows]
+        none: list[str | None] = [None] * len(rows)
+        ids: list[str] | list[str | None] = none
+        if id_field in wanted:
+            ids = await req.item_ids(kind, [str(o.get(id_key) or "") for o in objects])
+        cursors: list[str] | list[str | None] = none
+        if "cursor" in wanted:
+            payloads = [list_payload(kind, r["ingested_at"], r["record_id"]) for r in rows]
+            cursors = await req.seal(payloads)
+        return [shape(o, token, i, c) for o, i, c in zip(objects, ids, cursors, strict=True)]
 
+    shape, id_key, id_field = _SHAPE[kind], _ID_OF_KIND[kind], _ID_FIELD[kind]
     return resolve
 
 

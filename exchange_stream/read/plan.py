@@ -15,7 +15,7 @@ shape. The answer is therefore the one graphql-core gives; only the way there is
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from graphql import (
@@ -36,6 +36,10 @@ class Fallback(Exception):
     """This request leaves the plan: graphql-core answers it instead."""
 
 
+def _unset(value: Any) -> Any:  # the placeholder of ``Shape.copy`` before it is compiled
+    raise Fallback
+
+
 @dataclass(frozen=True)
 class Selected:
     """One selected field: where its value goes, how to get it, and what it holds."""
@@ -51,13 +55,21 @@ class Selected:
 
 @dataclass(frozen=True)
 class Shape:
-    """How a value of one output type is copied: nullability, list, scalar or object."""
+    """How a value of one output type is copied: nullability, list, scalar or object.
+
+    ``copy`` is the copier ``_copier`` compiles for it once, so that a request runs closures
+    specialised to its shape instead of dispatching on the shape at every value."""
 
     non_null: bool
     item: Shape | None  # for a list
     scalar: GraphQLScalarType | None
     fields: tuple[Selected, ...] | None  # for an object
     type_name: str | None
+    copy: Callable[[Any], Any] = field(default=_unset, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.copy is _unset:
+            object.__setattr__(self, "copy", _copier(self))
 
 
 @dataclass(frozen=True)
@@ -107,9 +119,6 @@ def _fields(
     return tuple(out)
 
 
-_TYPENAME = Shape(True, None, None, None, "__typename")
-
-
 def _shape(type_: Any, node: FieldNode) -> Shape | None:
     non_null = isinstance(type_, GraphQLNonNull)
     if non_null:
@@ -157,29 +166,75 @@ class _Info:
 
 
 def _copy(value: Any, shape: Shape) -> Any:
-    if value is None:
-        if shape.non_null:
+    return shape.copy(value)
+
+
+# Built-in scalars whose serialisation of a ``str`` is that same ``str`` (graphql-core's
+# ``serialize_string`` and ``serialize_id``): such values are copied as they are.
+_STR_SCALARS = frozenset({"String", "ID"})
+
+
+def _copier(shape: Shape) -> Callable[[Any], Any]:
+    """The function that copies a resolved value of ``shape`` into the answer: what graphql-core
+    would serialise, or ``Fallback`` where it would report an error."""
+    non_null = shape.non_null
+
+    def null() -> None:
+        if non_null:
             raise Fallback
-        return None
+
     if shape.item is not None:
-        if not isinstance(value, list):
-            raise Fallback
-        item = shape.item
-        return [_copy(v, item) for v in value]
+        copy_item = shape.item.copy
+
+        def copy_list(value: Any) -> Any:
+            if value is None:
+                return null()
+            if not isinstance(value, list):
+                raise Fallback
+            return [copy_item(v) for v in value]
+
+        return copy_list
     if shape.scalar is not None:
-        try:
-            return shape.scalar.serialize(value)
-        except Exception:
-            raise Fallback from None
+        scalar = shape.scalar
+        passthrough = scalar.name in _STR_SCALARS
+
+        def copy_scalar(value: Any) -> Any:
+            if passthrough and type(value) is str:
+                return value
+            if value is None:
+                return null()
+            try:
+                return scalar.serialize(value)
+            except Exception:
+                raise Fallback from None
+
+        return copy_scalar
     if shape.fields is not None:
-        if not isinstance(value, dict):
-            raise Fallback
-        out = {}
-        for sel in shape.fields:
-            if sel.shape is _TYPENAME:
-                out[sel.key] = shape.type_name
-                continue
-            got = sel.resolve(value, None) if sel.resolve is not None else value.get(sel.name)
-            out[sel.key] = _copy(got, sel.shape)
-        return out
-    raise Fallback
+        type_name = shape.type_name
+        # (response key, field name, field resolver, copier); no copier for ``__typename``.
+        plan = [
+            (sel.key, sel.name, sel.resolve, None if sel.shape is _TYPENAME else sel.shape.copy)
+            for sel in shape.fields
+        ]
+
+        def copy_object(value: Any) -> Any:
+            if value is None:
+                return null()
+            if not isinstance(value, dict):
+                raise Fallback
+            out = {}
+            for key, name, resolve, copy in plan:
+                if copy is None:
+                    out[key] = type_name
+                    continue
+                out[key] = copy(resolve(value, None) if resolve is not None else value.get(name))
+            return out
+
+        return copy_object
+    if shape.type_name == "__typename":
+        return lambda value: shape.type_name
+    return _unset
+
+
+# The shape of ``__typename`` (an object's type name, written by the object's copier).
+_TYPENAME = Shape(True, None, None, None, "__typename")
