@@ -836,7 +836,18 @@ def compare_with_ref(
                     f"\n=== round {round_no + 1}: {label}{f' ({ref.commit})' if env else ''} ===",
                     flush=True,
                 )
-                runs[label].append(start_and_run(args, settings, db, pre, env))
+                run_args = args
+                if args.profile:
+                    # One profile per system: FILE.working-tree, FILE.<ref>.
+                    suffix = re.sub(r"[^A-Za-z0-9_.-]+", "-", label)
+                    run_args = argparse.Namespace(
+                        **{**vars(args), "profile": f"{args.profile}.{suffix}"}
+                    )
+                outcome = start_and_run(run_args, settings, db, pre, env)
+                if outcome.profile:
+                    print(f"\nprofile of the worker ({label}), encounters:")
+                    print("\n".join(outcome.profile))
+                runs[label].append(outcome)
     names = [r.wrk.label for r in runs["working tree"][0].rows]
 
     def med(label: str, i: int, get: Callable[[Row], float | None]) -> float:
