@@ -182,7 +182,8 @@ async def test_second_replay_adds_no_rows_and_dry_run_emits_nothing(
     code, report = await run_cli("replay", "--source", source, "--dry-run")
     assert code == 0, report
     assert report["result"]["dry_run"] is True
-    assert report["result"]["emitted"] == len(ids)  # what it would emit
+    assert report["result"]["would_emit"] == len(ids)
+    assert "emitted" not in report["result"]
     assert (
         await db.fetchval("SELECT count(*) FROM outbox_events WHERE key = ANY($1)", ids)
         == outbox_before
@@ -210,14 +211,14 @@ async def test_replay_reports_uninferable_objects_and_honours_limit(
     code, report = await run_cli("replay", "--source", source, "--dry-run")
     assert code == 0, report
     assert report["result"]["uninferable"] == 1
-    assert report["result"]["emitted"] == len(ids)
+    assert report["result"]["would_emit"] == len(ids)
     assert report["result"]["samples"]["uninferable"] == [odd]
     outbox_mark, _ = await _marks(db)
     code, report = await run_cli("replay", "--source", source, "--dry-run", "--limit", "2")
     assert code == 0, report
     assert report["status"] == "succeeded"
     assert report["result"]["listed"] == 2
-    assert report["result"]["emitted"] + report["result"]["uninferable"] == 2
+    assert report["result"]["would_emit"] + report["result"]["uninferable"] == 2
     enqueued = await db.fetchval(
         "SELECT count(*) FROM outbox_events WHERE id > $1 AND payload->>'source' = $2",
         outbox_mark,

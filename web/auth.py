@@ -20,7 +20,49 @@ import jwt
 from exchange_stream.core.access_token import ALGORITHM as ACCESS_TOKEN_ALGORITHM
 from exchange_stream.core.access_token import signing_key
 from exchange_stream.core.recipient_token import RECIPIENT_ID_PATTERN
+
+# The scope table lives in the pure core, where the CLI reads it too (docs/API.md has who gets
+# which); the routes import the names from here, so ``__all__`` re-exports them.
+from exchange_stream.core.scopes import (
+    EXPORT,
+    INGEST,
+    OPS_READ,
+    OPS_WRITE,
+    OPTOUTS_WRITE,
+    PARTNER_DEFAULT_SCOPES,
+    READ_RECORDS,
+    RECIPIENT_SCOPES,
+    SCOPES,
+    SMART_SCOPE_GRANTS,
+    TOKENIZE,
+)
 from exchange_stream.infra.config import Settings
+
+__all__ = [
+    "DEV_ACTOR",
+    "DEV_RECIPIENT",
+    "DEV_TOKEN",
+    "EXPORT",
+    "INGEST",
+    "KINDS",
+    "MAX_SOURCES",
+    "MAX_TOKEN_BYTES",
+    "OPS_READ",
+    "OPS_WRITE",
+    "OPTOUTS_WRITE",
+    "PARTNER_DEFAULT_SCOPES",
+    "READ_RECORDS",
+    "RECIPIENT_SCOPES",
+    "SCOPES",
+    "SMART_PREFIX",
+    "SMART_SCOPE_GRANTS",
+    "TOKENIZE",
+    "Principal",
+    "Unauthorized",
+    "authenticate",
+    "verify_access_token",
+    "verify_jwt",
+]
 
 # A real token for this service is a few hundred bytes; refuse absurd ones before parsing.
 MAX_TOKEN_BYTES = 4096
@@ -28,22 +70,7 @@ DEV_ACTOR = "dev"
 # Not a secret: the documented local-only shortcut, refused unless ENV=local.
 DEV_TOKEN = "dev"  # noqa: S105
 
-# Every scope this service knows, defined here once (docs/API.md has the table of who gets which).
-INGEST = "ingest"
-TOKENIZE = "tokenize"
-READ_RECORDS = "records:read"
-EXPORT = "export"
-OPTOUTS_WRITE = "optouts:write"
-OPS_READ = "ops:read"
-OPS_WRITE = "ops:write"
-SCOPES = frozenset({INGEST, TOKENIZE, READ_RECORDS, EXPORT, OPTOUTS_WRITE, OPS_READ, OPS_WRITE})
-# What a partner JWT without a ``scope`` claim holds: what every partner JWT could do before
-# scopes existed.
-PARTNER_DEFAULT_SCOPES = frozenset({INGEST, TOKENIZE})
-# What a recipient may be granted at POST /auth/token.
-RECIPIENT_SCOPES = frozenset({READ_RECORDS, EXPORT})
-# An access token's SMART scopes (``system/...``) stand for these, limited to their kinds.
-SMART_SCOPE_GRANTS = frozenset({READ_RECORDS, EXPORT})
+# An access token's SMART scopes start with it; they stand for ``SMART_SCOPE_GRANTS``.
 SMART_PREFIX = "system/"
 # What ``kinds`` may name: the record kinds, and ``patient`` for SMART's Patient type.
 KINDS = frozenset({"encounter", "claim", "lab_result", "patient"})

@@ -14,7 +14,6 @@ import datetime as dt
 import logging
 import re
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -22,11 +21,11 @@ from urllib.parse import parse_qsl
 import jwt
 from aiohttp import web
 
-from exchange_stream.core.access_token import signing_key
+from exchange_stream.core.access_token import issue_access_token, signing_key
 from exchange_stream.core.jwks import ALGORITHMS, JwksInvalid, public_key
 from exchange_stream.core.recipient_token import RECIPIENT_ID_PATTERN
+from exchange_stream.core.scopes import RECIPIENT_SCOPES
 from exchange_stream.infra.sql import q
-from web.auth import RECIPIENT_SCOPES
 from web.context import CONTEXT
 from web.responses import json_response
 from web.smart_scopes import SMART_TYPES, grant
@@ -134,23 +133,20 @@ async def _issue(request: web.Request) -> dict[str, Any]:
     if given is None:
         raise OAuthError("invalid_scope", "no requested scope can be granted to this client")
     await _purge_now_and_then(ctx.pool)
-    now = int(time.time())
-    access: dict[str, Any] = {
-        "iss": ctx.settings.jwt_issuer,
-        "aud": ctx.settings.jwt_audience,
-        "sub": recipient,
-        "recipient": recipient,
-        "client_id": recipient,
-        "scope": given.scope,
-        "iat": now,
-        "exp": now + ACCESS_TOKEN_LIFETIME_S,
-        "jti": str(uuid.uuid4()),
-    }
-    if given.kinds is not None:
-        access["kinds"] = sorted(given.kinds)
+    key = signing_key(ctx.settings.access_token_signing_key)
+    access_token = issue_access_token(
+        key,
+        issuer=ctx.settings.jwt_issuer,
+        audience=ctx.settings.jwt_audience,
+        recipient=recipient,
+        scope=given.scope,
+        issued_at=int(time.time()),
+        lifetime_s=ACCESS_TOKEN_LIFETIME_S,
+        kinds=given.kinds,
+    )
     log.info("token issued", extra={"fields": {"recipient": recipient}})
     return {
-        "access_token": signing_key(ctx.settings.access_token_signing_key).sign(access),
+        "access_token": access_token,
         "token_type": "bearer",
         "expires_in": ACCESS_TOKEN_LIFETIME_S,
         "scope": given.scope,

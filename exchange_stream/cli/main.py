@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
+import os
 import sys
+from collections.abc import Callable
 
-from exchange_stream.cli import operations
+from exchange_stream.cli import control, devtoken, operations, topics
 from exchange_stream.infra import logs
 from exchange_stream.infra.config import ConfigError, Settings
 
@@ -88,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("migrate", help="apply pending SQL migrations, once each")
     sub.add_parser("create-topics", help="create the topics the stack needs that are missing")
-    operations.add_parsers(sub)
+    topics.add_parser(sub)
+    groups = operations.add_parsers(sub)
+    devtoken.add_parser(groups[("recipients",)])
+    control.add_parser(sub)
     return parser
 
 
@@ -96,9 +102,34 @@ _COMMANDS = {
     "worker": _cmd_worker,
     "migrate": _cmd_migrate,
     "create-topics": _cmd_create_topics,
+    "topics": topics.run,
+    # Nested commands set ``command`` to their full words (``recipients dev-token``).
+    devtoken.COMMAND: devtoken.run,
+    control.COMMAND: control.run,
 }
 
 
+def _quiet_on_closed_pipe(main: Callable[[list[str] | None], int]) -> Callable[..., int]:
+    """``main``, exiting quietly with ``EXIT_CLOSED_PIPE`` (141) when stdout's reader went away
+    (``exchange-stream … | head -1``), whatever the command: no traceback. The flush is inside,
+    so output still buffered at the end (or at ``--help``'s exit) cannot fail after it."""
+
+    @functools.wraps(main)
+    def quiet(argv: list[str] | None = None) -> int:
+        try:
+            try:
+                return main(argv)
+            finally:
+                sys.stdout.flush()
+        except BrokenPipeError:
+            # Python flushes stdout again at exit: give it somewhere to write that cannot fail.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return operations.EXIT_CLOSED_PIPE
+
+    return quiet
+
+
+@_quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -4,7 +4,30 @@ The options of an operation are built from its parameter contract (``contracts/c
 ``--batch-size`` for ``batch_size``, a switch for a boolean, choices for an enum, and the
 property's description as the help. By default the command is published on the control topic and
 its results are followed until the final one; ``--local`` runs the same operation in this process
-instead (for operators without a running worker). ``--output json`` prints one JSON object.
+instead (for operators without a running worker).
+
+Output. ``--output text`` (the default) prints a readable summary (``cli/render.py``): a
+headline, then tables for lists and ``key: value`` lines. ``--output json`` prints one JSON
+object on stdout, with the same keys whether the operation ran on a worker or ``--local``:
+
+===================  ===========================================================================
+``operation``        the operation's name (``replay``, ``dlq_redrive``, ``recipients_list``,
+                     ``materialize-patient-index`` …), also for a job sent as ``run_job``
+``command_id``       the command's idempotency id; ``null`` with ``--local`` (nothing is sent)
+``job_run_id``       the run's ``job_runs`` row
+``status``           ``succeeded``, ``failed``, ``rejected`` or ``duplicate``
+``previous_status``  with ``duplicate``: how the first run of that command id ended; else ``null``
+``result``           the operation's summary, an object (``{}`` when the run produced none): the
+                     same keys and shapes either way, only ids and timings differ
+``error``            why the run failed or was rejected; else ``null``
+``runner``           who ran it (``host:pid``): the worker, or this process with ``--local``
+``local``            ``true`` with ``--local``
+===================  ===========================================================================
+
+A dry run reports what it would do, never a count of what it did not: ``replay --dry-run`` has
+``would_emit`` (not ``emitted``), ``materialize-patient-index --dry-run`` has ``would_insert``,
+``would_update`` and ``would_remove_orphans`` (not ``inserted``, ``updated``, ``written``,
+``orphans_removed``), and the text says "would emit N".
 
 Exit codes (the one table of the CLI):
 
@@ -13,7 +36,10 @@ Exit codes (the one table of the CLI):
 1     failed, rejected, or a duplicate of a command id whose run failed
 2     bad arguments or configuration
 3     succeeded, but a check found gaps (``--verify``)
-4     no final result within ``--timeout``
+4     no final result within ``--timeout`` (nothing on stdout)
+141   stdout was closed before the output was written (``… | head -1``); an
+      operation still ran to its end. 141 is 128 + SIGPIPE, what a shell reports
+      for any program whose reader went away (``cli/main.py``)
 ====  ==========================================================================
 """
 
@@ -39,16 +65,20 @@ from exchange_stream.ops.framework import (
     ParamsInvalid,
     local_context,
     run_here,
+    runner_id,
 )
 from exchange_stream.ops.registry import JOBS, OPERATIONS, RUN_JOB
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GAPS, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+EXIT_CLOSED_PIPE = 141
 FINAL = {"succeeded", "failed", "rejected", "duplicate"}
 # Where the chosen operation is kept on the parsed arguments.
 _OP = "_operation"
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(
+    sub: argparse._SubParsersAction,
+) -> dict[tuple[str, ...], argparse._SubParsersAction]:
     """One sub-command per operation, at its ``cli`` words (``dlq redrive``, ``jobs run NAME``),
     and ``jobs list``."""
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): sub}
@@ -72,6 +102,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         _add_params(p, op)
         _add_common(p)
         p.set_defaults(**{_OP: op.name})
+    return groups
 
 
 def _add_params(p: argparse.ArgumentParser, op: Operation) -> None:
@@ -185,23 +216,39 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             f"exchange-stream: no result for {op.name} within {args.timeout:g} s", file=sys.stderr
         )
         return EXIT_TIMEOUT
-    final["operation"] = op.name
+    doc = output(op, final, local=args.local)
     if args.output == "json":
-        sys.stdout.write(orjson.dumps(final).decode() + "\n")
+        sys.stdout.write(orjson.dumps(doc).decode() + "\n")
     else:
-        print_text(final, sys.stdout)
-    code = exit_code(final)
-    if final["status"] == "duplicate" and code == EXIT_FAILED:
+        print_text(doc, sys.stdout, title=" ".join(op.cli))
+    code = exit_code(doc)
+    if doc["status"] == "duplicate" and code == EXIT_FAILED:
         print(
-            f"exchange-stream: command {final.get('command_id')} ran before and failed: "
-            f"{final.get('error')}",
+            f"exchange-stream: command {doc['command_id']} ran before and failed: {doc['error']}",
             file=sys.stderr,
         )
     return code
 
 
+def output(op: Operation, final: dict[str, Any], *, local: bool) -> dict[str, Any]:
+    """The one object the CLI prints for a run (the module docstring's table), from the final
+    result message of a worker or the outcome of a local run."""
+    return {
+        "operation": op.name,
+        "command_id": final.get("command_id"),
+        "job_run_id": final.get("job_run_id"),
+        "status": final["status"],
+        "previous_status": final.get("previous_status"),
+        "result": final.get("result") or {},
+        "error": final.get("error"),
+        "runner": final.get("runner"),
+        "local": local,
+    }
+
+
 def exit_code(final: dict[str, Any]) -> int:
-    """The exit code of a final result message (the table of the module docstring)."""
+    """The exit code of a run's output object or final result message (the table of the module
+    docstring)."""
     status = final["status"]
     if status == "duplicate":
         status = final.get("previous_status", "failed")
@@ -223,13 +270,14 @@ async def _run_local(
 
         outcome = await run_here(ctx, op, params, on_progress)
         return {
-            "command": op.name,
             "command_id": None,
             "job_run_id": str(outcome.job_run_id),
             "status": outcome.status,
-            "result": outcome.summary,
+            # Through JSON, as a worker's result travels: the same types either way (ids and
+            # times as strings), so text and JSON output do not depend on where it ran.
+            "result": orjson.loads(orjson.dumps(outcome.summary)),
             "error": outcome.error,
-            "local": True,
+            "runner": runner_id(),
         }
 
 
@@ -294,6 +342,9 @@ def print_jobs(out: Any = None) -> None:
     for op in JOBS.values():
         out.write(f"{op.name}: {op.summary}\n")
         for name, spec in op.schema()["properties"].items():
-            default = f", default {spec['default']!r}" if "default" in spec else ""
+            # Defaults as JSON (``false``, ``"auto"``), as the contract writes them.
+            default = (
+                f", default {orjson.dumps(spec['default']).decode()}" if "default" in spec else ""
+            )
             kind = spec.get("type", "enum")
             out.write(f"  --{name.replace('_', '-')} ({kind}{default}): {spec['description']}\n")

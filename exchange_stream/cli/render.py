@@ -1,48 +1,298 @@
-"""The text summary of an operation's final result: a headline, then a table or a tree.
+"""The text form of an operation's final result: a headline, then tables or ``key: value`` lines.
 
-Jobs print their own tables; every other operation prints its result as indented
-``key: value`` lines. ``--output json`` bypasses this module.
+Every operation has its renderer in ``RENDERERS`` (keyed by the operation's name): aligned tables
+for lists (recipients, findings, outbox rows), short ``key: value`` lines otherwise. What no
+renderer knows (the partial summary of a failed run, an operation added without one) is written
+by ``write_tree``, as indented ``key: value`` lines and tables. No path prints a Python repr of
+a dict or a list. ``--output json`` bypasses this module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
+Renderer = Callable[[dict[str, Any], TextIO], None]
+# Record ids or keys listed per category in text; the JSON result has them all.
+LISTED = 10
 
-def print_text(final: dict[str, Any], out: TextIO) -> None:
-    """A human summary of ``final`` (the result message of a run)."""
-    name = final.get("operation") or final.get("command") or "command"
+
+def print_text(final: dict[str, Any], out: TextIO, title: str | None = None) -> None:
+    """A human summary of ``final`` (the CLI's output object, ``cli/operations.py``); ``title``
+    names the operation as the shell does (``recipients list``)."""
+    name = title or final.get("operation") or "command"
     run_id = final.get("job_run_id")
     status = final["status"]
+    ran = final.get("previous_status") if status == "duplicate" else status
     if status == "duplicate":
-        status = f"duplicate of an earlier run that {final.get('previous_status', 'ran')}"
+        status = f"duplicate of an earlier run that {ran or 'ran'}"
     out.write(f"{name}: {status}" + (f" (job run {run_id})" if run_id else "") + "\n")
     if final.get("error"):
         out.write(f"  error: {final['error']}\n")
-    summary = final.get("result") or {}
-    mode = summary.get("mode")
-    if mode == "verify":
-        _print_verify(summary, out)
-    elif mode in ("run", "dry_run"):
-        _print_index_run(summary, out)
-    elif "checks" in summary and "dlq_by_stage_type" in summary:
-        _print_data_quality(summary, out)
+    result = final.get("result") or {}
+    if not result:
+        return
+    render = RENDERERS.get(final.get("operation") or "")
+    if ran == "succeeded" and render is not None:
+        render(result, out)
     else:
-        _write_tree(out, summary, indent=1)
+        write_tree(out, result, indent=1)
 
 
-def _write_tree(out: TextIO, value: dict[str, Any], indent: int) -> None:
+# Generic: any result as key: value lines and tables.
+
+
+def value_text(value: Any) -> str:
+    """One value as a reader writes it: ``-`` for none, yes/no, lists joined by commas, objects
+    as ``key=value`` pairs."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={value_text(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple):
+        if not value:
+            return "none"
+        shown = ", ".join(value_text(v) for v in value[:LISTED])
+        return shown + (f" … (+{len(value) - LISTED} more)" if len(value) > LISTED else "")
+    return str(value)
+
+
+def write_tree(out: TextIO, value: dict[str, Any], indent: int) -> None:
+    """``value`` as indented ``key: value`` lines; nested objects indent further, lists of
+    objects become tables."""
     pad = "  " * indent
     for key, item in value.items():
-        if isinstance(item, dict):
-            out.write(f"{pad}{key}:\n")
-            _write_tree(out, item, indent + 1)
-        elif isinstance(item, list):
-            shown = ", ".join(str(v) for v in item[:10])
-            more = f" … (+{len(item) - 10})" if len(item) > 10 else ""
-            out.write(f"{pad}{key}: [{shown}{more}]\n")
+        label = key.replace("_", " ")
+        if isinstance(item, dict) and item:
+            out.write(f"{pad}{label}:\n")
+            write_tree(out, item, indent + 1)
+        elif isinstance(item, list) and item and all(isinstance(v, dict) for v in item):
+            out.write(f"{pad}{label}:\n")
+            columns = list(dict.fromkeys(k for row in item for k in row))
+            _table(
+                out,
+                tuple(c.replace("_", " ") for c in columns),
+                [tuple(value_text(row.get(c)) for c in columns) for row in item],
+                indent=indent + 1,
+            )
         else:
-            out.write(f"{pad}{key}: {item}\n")
+            out.write(f"{pad}{label}: {value_text(item)}\n")
+
+
+# replay
+
+
+_NOT_EMITTED = {
+    "uninferable": "bodies of no known format (never guessed)",
+    "unparseable": "bodies that are not JSON",
+    "incompatible": "objects of another format than --emit-version",
+    "unrecognised_key": "keys not named <source>/<record id>.json",
+    "vanished": "objects deleted between listing and reading",
+}
+
+
+def _replay(s: dict[str, Any], out: TextIO) -> None:
+    if s.get("verify"):
+        _replay_verify(s, out)
+        return
+    out.write(f"  source: {s['source']}, emit version {s['emit_version']}\n")
+    if s.get("dry_run"):
+        out.write(
+            f"  dry run, nothing emitted: would emit {s['would_emit']} event(s) "
+            f"of {s['listed']} raw object(s) listed\n"
+        )
+    else:
+        out.write(
+            f"  emitted {s['emitted']} event(s) through the outbox "
+            f"of {s['listed']} raw object(s) listed\n"
+        )
+    skipped = [(name, s[name], text) for name, text in _NOT_EMITTED.items() if s.get(name)]
+    if not skipped:
+        out.write("  skipped: none\n")
+        return
+    out.write("  skipped:\n")
+    _table(out, ("reason", "count", "what"), skipped, indent=2)
+    for name, keys in (s.get("samples") or {}).items():
+        _listing(out, f"{name}, keys", keys, s.get(name, len(keys)))
+
+
+def _replay_verify(s: dict[str, Any], out: TextIO) -> None:
+    gaps = s["gaps"]
+    verdict = f"{gaps} GAP(S), raw objects without a canonical row" if gaps else "ok, no gaps"
+    out.write(f"  verify (source {s['source']}): {verdict}\n")
+    out.write(f"  raw objects: {s['raw_objects']}\n")
+    out.write(f"  unrecognised keys: {s['unrecognised_keys']}\n")
+    _listing(out, "missing, record ids", s["missing_record_ids"], s["gaps"])
+    if s["gaps"]:
+        out.write(f"  repair: exchange-stream replay --source {s['source']}\n")
+
+
+# reconcile
+
+
+_FINDINGS = {
+    "raw_without_manifest": "raw objects without a manifest row",
+    "manifest_written_not_enqueued": "manifest rows written, no event enqueued",
+    "enqueued_without_canonical": "events enqueued, no canonical row",
+    "canonical_without_manifest": "canonical rows without a manifest row",
+    "manifest_without_raw": "manifest rows whose raw object is gone",
+    "state_mismatch": "manifest states that disagree with the rows",
+    "outbox_stuck": "outbox rows unpublished after a failed attempt (report only)",
+}
+
+
+def _reconcile(s: dict[str, Any], out: TextIO) -> None:
+    counts: dict[str, int] = s["counts"]
+    total = sum(counts.values())
+    out.write(f"  source: {s['source']}\n")
+    out.write(f"  raw objects: {s['raw_objects']} ({s['unrecognised_keys']} unrecognised keys)\n")
+    out.write(f"  findings: {total}\n")
+    _table(
+        out,
+        ("finding", "count", "what"),
+        [(name, n, _FINDINGS.get(name, "")) for name, n in counts.items()],
+    )
+    stuck = s.get("outbox_stuck_rows") or []
+    for name, ids in s["records"].items():
+        if not (name == "outbox_stuck" and stuck):  # their table below names them
+            _listing(out, f"{name}, record ids", ids, counts.get(name, len(ids)))
+    if stuck:
+        out.write("  outbox stuck rows:\n")
+        _table(
+            out,
+            ("outbox id", "record id", "topic", "attempts", "last error", "next attempt"),
+            [
+                (
+                    r["outbox_id"],
+                    value_text(r["record_id"]),
+                    r["topic"],
+                    r["attempts"],
+                    value_text(r["last_error"]),
+                    value_text(r["next_attempt_at"]),
+                )
+                for r in stuck[:LISTED]
+            ],
+            indent=2,
+        )
+    if not s["repair"]:
+        hint = "; --repair fixes what can be fixed" if total else ""
+        out.write(f"  repair: not asked, nothing changed{hint}\n")
+        return
+    actions: dict[str, int] = s.get("actions") or {}
+    if not actions:
+        out.write("  repair: nothing to repair\n")
+        return
+    out.write("  repair actions (each in audit_log):\n")
+    _table(out, ("action", "count"), sorted(actions.items()), indent=2)
+
+
+# dlq redrive
+
+
+def _redrive(s: dict[str, Any], out: TextIO) -> None:
+    _lines(
+        out,
+        [
+            ("version", s["version"]),
+            ("from", s["dlq_topic"]),
+            ("to", s["target_topic"]),
+            ("redriven", f"{s['redriven']} event(s) re-published"),
+            ("skipped", f"{s['skipped_unparseable']} unparseable dead letter(s)"),
+            ("remaining", f"{s['remaining']} dead letter(s) not redriven"),
+        ],
+    )
+
+
+# recipients
+
+
+def _recipient_add(s: dict[str, Any], out: TextIO) -> None:
+    rows = [("recipient", s["recipient"]), ("status", s["status"]), ("key version", s["version"])]
+    if "jwks_keys" in s:
+        rows.append(("jwks keys", s["jwks_keys"]))
+    _lines(out, rows)
+
+
+def _recipient_set_jwks(s: dict[str, Any], out: TextIO) -> None:
+    _lines(out, [("recipient", s["recipient"]), ("jwks keys", s["jwks_keys"])])
+
+
+_RECIPIENT_COLUMNS = (
+    "recipient",
+    "status",
+    "current key",
+    "active keys",
+    "retired keys",
+    "jwks keys",
+    "created",
+    "revoked",
+)
+
+
+def _recipients_list(s: dict[str, Any], out: TextIO) -> None:
+    out.write(f"  {s['count']} recipient(s)\n")
+    if not s["recipients"]:
+        return
+
+    def versions(r: dict[str, Any], status: str) -> str:
+        return ", ".join(str(k["version"]) for k in r["keys"] if k["status"] == status) or "-"
+
+    _table(
+        out,
+        _RECIPIENT_COLUMNS,
+        [
+            (
+                r["recipient"],
+                r["status"],
+                value_text(r["current_version"]),
+                versions(r, "active"),
+                versions(r, "retired"),
+                value_text(r["jwks_keys"]),
+                _time(r["created_at"]),
+                _time(r["revoked_at"]),
+            )
+            for r in s["recipients"]
+        ],
+    )
+
+
+def _recipient_rotate(s: dict[str, Any], out: TextIO) -> None:
+    _lines(
+        out,
+        [
+            ("recipient", s["recipient"]),
+            ("current key version", s["current_version"]),
+            ("resolvable versions", value_text(s["resolvable_versions"])),
+        ],
+    )
+
+
+def _recipient_retire(s: dict[str, Any], out: TextIO) -> None:
+    _lines(
+        out,
+        [
+            ("recipient", s["recipient"]),
+            ("retired version", s["retired_version"]),
+            ("resolvable versions", value_text(s["resolvable_versions"])),
+        ],
+    )
+
+
+def _recipient_revoke(s: dict[str, Any], out: TextIO) -> None:
+    _lines(out, [("recipient", s["recipient"]), ("status", s["status"])])
+
+
+# materialize-patient-index
+
+
+def _patient_index(s: dict[str, Any], out: TextIO) -> None:
+    if s["mode"] == "verify":
+        _print_verify(s, out)
+    else:
+        _print_index_run(s, out)
 
 
 def _print_index_run(s: dict[str, Any], out: TextIO) -> None:
@@ -103,6 +353,9 @@ def _print_verify(s: dict[str, Any], out: TextIO) -> None:
         out.write("  repair: jobs run materialize-patient-index --from-start\n")
 
 
+# data-quality
+
+
 def _print_data_quality(s: dict[str, Any], out: TextIO) -> None:
     scope = f"source {s['source']}" if s["source"] else "all sources"
     t = s["thresholds"]
@@ -138,20 +391,80 @@ def _print_ids(out: TextIO, findings: dict[str, dict[str, Any]]) -> None:
             out.write(f"    {rid}{extra}\n")
 
 
+# Building blocks.
+
+
+def _lines(out: TextIO, rows: list[tuple[str, Any]]) -> None:
+    """``key: value`` lines."""
+    out.writelines(f"  {key}: {value_text(value)}\n" for key, value in rows)
+
+
+def _listing(out: TextIO, label: str, items: list[Any], total: int) -> None:
+    """At most ``LISTED`` of ``items``, one a line, under ``label`` (nothing when empty)."""
+    if not items:
+        return
+    shown = items[:LISTED]
+    more = f" (first {len(shown)} of {total})" if total > len(shown) else ""
+    out.write(f"  {label}{more}:\n")
+    out.writelines(f"    {value_text(item)}\n" for item in shown)
+
+
 def _table(
-    out: TextIO, headers: tuple[str, ...], rows: list[tuple[Any, ...]], header: bool = True
+    out: TextIO,
+    headers: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
+    header: bool = True,
+    indent: int = 1,
 ) -> None:
-    cells = [[str(c) for c in row] for row in rows]
-    if header:
-        cells.insert(0, list(headers))
+    """Aligned columns, a column of numbers to the right; ``header`` False leaves the headings
+    out."""
+    body = [[str(c) for c in row] for row in rows]
+    cells = [list(headers), *body] if header else body
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    numeric = [
+        bool(body) and all(_is_number(row[i]) or row[i] == "-" for row in body)
+        for i in range(len(headers))
+    ]
+    pad = "  " * indent
     for row in cells:
         padded = [
-            c.rjust(w) if c.lstrip("-").isdigit() else c.ljust(w)
-            for c, w in zip(row, widths, strict=True)
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(row, widths, numeric, strict=True)
         ]
-        out.write("  " + "  ".join(padded).rstrip() + "\n")
+        out.write(pad + "  ".join(padded).rstrip() + "\n")
+
+
+def _is_number(text: str) -> bool:
+    return text.lstrip("-").replace(".", "", 1).isdigit()
 
 
 def _cursor(cursor: dict[str, Any]) -> str:
     return f"xid {cursor['insert_xid']} / {cursor['record_id']}"
+
+
+def _time(value: str | None) -> str:
+    """An RFC 3339 time to the second, in UTC; ``-`` for none."""
+    if not value:
+        return "-"
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+RENDERERS: dict[str, Renderer] = {
+    "replay": _replay,
+    "reconcile": _reconcile,
+    "dlq_redrive": _redrive,
+    "recipients_add": _recipient_add,
+    "recipients_set_jwks": _recipient_set_jwks,
+    "recipients_list": _recipients_list,
+    "recipients_rotate_key": _recipient_rotate,
+    "recipients_retire_key": _recipient_retire,
+    "recipients_revoke": _recipient_revoke,
+    "materialize-patient-index": _patient_index,
+    "data-quality": _print_data_quality,
+}

@@ -1,4 +1,6 @@
-"""The exchange's own access tokens: EdDSA (Ed25519) JWTs issued at ``POST /auth/token``.
+"""The exchange's own access tokens: EdDSA (Ed25519) JWTs issued at ``POST /auth/token``
+(``web/smart.py``) and, on a local stack, by ``recipients dev-token`` (``cli/devtoken.py``);
+``issue_access_token`` builds and signs them for both, so the two cannot drift apart.
 
 Every worker loads the same private key from ``ACCESS_TOKEN_SIGNING_KEY`` (PEM), so a token
 issued by one worker is accepted by all. The ``kid`` is the key's RFC 7638 thumbprint: it is
@@ -10,7 +12,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -81,6 +84,37 @@ def signing_key(pem: str) -> SigningKey:
             raise SigningKeyInvalid()
         private = loaded
     return SigningKey(private=private, kid=_thumbprint(private))
+
+
+def issue_access_token(
+    key: SigningKey,
+    *,
+    issuer: str,
+    audience: str,
+    recipient: str,
+    scope: str,
+    issued_at: int,
+    lifetime_s: int,
+    kinds: Iterable[str] | None = None,
+) -> str:
+    """A recipient's access token signed with ``key``: ``sub``, ``recipient`` and ``client_id``
+    are the recipient, ``scope`` is space separated, ``exp`` is ``lifetime_s`` after
+    ``issued_at`` (epoch seconds), ``jti`` is fresh; ``kinds`` (sorted) only when a SMART scope
+    narrows what it reads, None for every kind."""
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "aud": audience,
+        "sub": recipient,
+        "recipient": recipient,
+        "client_id": recipient,
+        "scope": scope,
+        "iat": issued_at,
+        "exp": issued_at + lifetime_s,
+        "jti": str(uuid.uuid4()),
+    }
+    if kinds is not None:
+        claims["kinds"] = sorted(kinds)
+    return key.sign(claims)
 
 
 def _public_members(private: Ed25519PrivateKey) -> dict[str, str]:

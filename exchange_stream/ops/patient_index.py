@@ -176,11 +176,7 @@ async def materialize(
         "from_start": params["from_start"],
         "batches": counts["batches"],
         "scanned": counts["scanned"],
-        "inserted": 0 if dry_run else counts["new"],
-        "updated": 0 if dry_run else counts["changed"],
-        "written": counts["written"],
         "skipped_no_token": counts["no_token"],
-        "orphans_removed": 0 if dry_run else orphans,
         "started_from": started_from,
         "cursor": cursor,
         "pending": pending,
@@ -188,11 +184,17 @@ async def materialize(
         "elapsed_s": round(elapsed, 3),
         "rows_per_s": round(counts["scanned"] / elapsed) if elapsed > 0 else 0,
     }
+    # A dry run wrote nothing: it reports what it would write, never a count of writes.
     if dry_run:
         summary["would_insert"] = counts["new"]
         summary["would_update"] = counts["changed"]
         summary["would_remove_orphans"] = orphans
         summary["sample_record_ids"] = sample
+    else:
+        summary["inserted"] = counts["new"]
+        summary["updated"] = counts["changed"]
+        summary["written"] = counts["written"]
+        summary["orphans_removed"] = orphans
     return summary
 
 

@@ -91,15 +91,19 @@ async def _fetch_all(ctx: OpsContext, keys: list[str]) -> list[bytes | None]:
 
 
 async def run(ctx: OpsContext, params: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
-    """The ``replay`` operation (params per contracts/commands/replay.json)."""
+    """The ``replay`` operation (params per contracts/commands/replay.json). The summary counts
+    ``emitted`` events, or with ``dry_run`` those it ``would_emit``, and why the others were
+    not: ``uninferable``, ``unparseable``, ``incompatible``, ``unrecognised_key``, ``vanished``."""
     if params.get("verify"):
         return await verify(ctx, params, progress)
     source, limit = params["source"], params.get("limit")
     rate = params.get("rate_per_sec")
     dry_run = bool(params.get("dry_run"))
+    # A dry run emits nothing: its count is what it would emit, and is named so.
+    emit_key = "would_emit" if dry_run else "emitted"
     counts = {
         "listed": 0,
-        "emitted": 0,
+        emit_key: 0,
         "uninferable": 0,
         "unparseable": 0,
         "incompatible": 0,
@@ -145,11 +149,12 @@ async def run(ctx: OpsContext, params: dict[str, Any], progress: ProgressFn) -> 
                 [k for _, k, _ in outbox],
                 [e for _, _, e in outbox],
             )
-        counts["emitted"] += len(outbox)
+        counts[emit_key] += len(outbox)
         await progress({"source": source, **counts, "dry_run": dry_run})
         if rate:
-            # Pace whole pages so that emitted / elapsed stays at or under the rate.
-            ahead = counts["emitted"] / rate - (time.monotonic() - started)
+            # Pace whole pages so that emitted / elapsed stays at or under the rate (a dry run
+            # is paced alike, so that it takes as long as the replay it previews).
+            ahead = counts[emit_key] / rate - (time.monotonic() - started)
             if ahead > 0:
                 await asyncio.sleep(ahead)
     return {

@@ -1,16 +1,18 @@
-"""The exchange's access tokens in authenticate(): pinned to its own EdDSA key, scopes and kinds
-to a Principal, and JWT_HS256 turning HS256 off (web/auth.py, core/access_token.py)."""
+"""The exchange's access tokens: what issue_access_token signs (for POST /auth/token and
+recipients dev-token alike), and authenticate() pinned to the exchange's own EdDSA key, scopes
+and kinds to a Principal, and JWT_HS256 turning HS256 off (web/auth.py, core/access_token.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from exchange_stream.core.access_token import SigningKey, signing_key
+from exchange_stream.core.access_token import SigningKey, issue_access_token, signing_key
 from exchange_stream.infra.config import Settings
 from tests.unit.test_principal import SECRET, STRICT
 from web.auth import EXPORT, INGEST, READ_RECORDS, Unauthorized, authenticate
@@ -31,6 +33,58 @@ def _access(key: SigningKey = KEY, **over: object) -> str:
     }
     body.update(over)
     return "Bearer " + key.sign({k: v for k, v in body.items() if v is not None})
+
+
+def _issued(**over: object) -> str:
+    args: dict = {
+        "issuer": STRICT.jwt_issuer,
+        "audience": STRICT.jwt_audience,
+        "recipient": "research-1",
+        "scope": "records:read",
+        "issued_at": int(time.time()),
+        "lifetime_s": 300,
+    }
+    return issue_access_token(KEY, **{**args, **over})
+
+
+def test_an_issued_token_names_its_recipient_three_times_and_lives_its_lifetime() -> None:
+    now = int(time.time())
+    token = _issued(issued_at=now, lifetime_s=120)
+    assert jwt.get_unverified_header(token) == {"alg": "EdDSA", "kid": KEY.kid, "typ": "at+jwt"}
+    claims = KEY.verify(token, issuer=STRICT.jwt_issuer, audience=STRICT.jwt_audience)
+    jti = claims.pop("jti")
+    assert str(uuid.UUID(jti)) == jti
+    assert claims == {
+        "iss": STRICT.jwt_issuer,
+        "aud": STRICT.jwt_audience,
+        "sub": "research-1",
+        "recipient": "research-1",
+        "client_id": "research-1",
+        "scope": "records:read",
+        "iat": now,
+        "exp": now + 120,
+    }
+
+
+def test_an_issued_token_reads_as_its_recipient_with_the_scopes_it_names() -> None:
+    p = authenticate("Bearer " + _issued(scope="export ingest"), STRICT)
+    assert (p.actor, p.recipient, p.kinds) == ("recipient:research-1", "research-1", None)
+    assert p.can(EXPORT) and not p.can(READ_RECORDS) and not p.can(INGEST)
+
+
+def test_an_issued_tokens_kinds_are_sorted_and_limit_what_it_reads() -> None:
+    token = _issued(scope="system/Encounter.rs system/Claim.rs", kinds={"encounter", "claim"})
+    assert jwt.decode(token, options={"verify_signature": False})["kinds"] == [
+        "claim",
+        "encounter",
+    ]
+    p = authenticate(f"Bearer {token}", STRICT)
+    assert p.kinds == frozenset({"claim", "encounter"}) and p.can(READ_RECORDS)
+
+
+def test_every_issued_token_has_its_own_jti() -> None:
+    jtis = {jwt.decode(_issued(), options={"verify_signature": False})["jti"] for _ in range(3)}
+    assert len(jtis) == 3
 
 
 def test_a_smart_scope_reads_and_exports_its_kinds_only() -> None:
