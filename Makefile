@@ -32,6 +32,8 @@ migrate: stack
 	@$(BIN)/exchange-stream migrate
 
 run: migrate
+	@echo "exchange-stream: the worker runs in this terminal (Ctrl-C stops it; the services stay up)."
+	@echo "exchange-stream: in another terminal, 'source .venv/bin/activate' puts the CLI on PATH."
 	@$(BIN)/exchange-stream worker
 
 test: lint stack
