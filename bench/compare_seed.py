@@ -36,11 +36,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness import ROOT, wait_ready
+from harness import ROOT, machine, wait_ready
 from wrk import (
     HEADER,
     WrkResult,
@@ -203,6 +203,8 @@ def main() -> None:
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--output", default=str(ROOT / "bench/results/compare_seed.json"))
     args = parser.parse_args()
+    host = machine()
+    print(host.line(), flush=True)
     require_wrk()
     levels = [int(c) for c in args.connections.split(",")]
     wanted = [s for s in args.systems.split(",") if s]
@@ -319,6 +321,7 @@ def main() -> None:
         json.dumps(
             {
                 "when": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": asdict(host),
                 "duration_s": args.duration,
                 "rounds": args.rounds,
                 "connections": levels,

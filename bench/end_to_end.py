@@ -49,7 +49,7 @@ from pathlib import Path
 
 import orjson
 from compare_seed import database_env, ensure_database, migrate, settle
-from harness import ROOT, bodies, wait_ready
+from harness import ROOT, bodies, machine, wait_ready
 from openloop import OpenLoopResult, run_openloop
 from stackprocs import WindowMeter
 
@@ -590,6 +590,8 @@ def main() -> None:
     parser.add_argument("--drain-deadline", type=float, default=300.0, help="seconds per rate")
     parser.add_argument("--output", default=str(ROOT / "bench/results/end_to_end.json"))
     args = parser.parse_args()
+    host = machine()
+    print(host.line(), flush=True)
     rates = [float(r) for r in args.rates.split(",") if r]
     common = parse_env(args.worker_env)
     variants = [parse_variant(v) for v in args.variant] or [Variant("default", {})]
@@ -673,6 +675,7 @@ def main() -> None:
         json.dumps(
             {
                 "when": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": asdict(host),
                 "duration_s": args.duration,
                 "processes": args.processes,
                 "slo_p99_ms": args.slo_p99_ms,

@@ -53,6 +53,39 @@ def calibration_s() -> float:
     return time.time() - started
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or what the platform says)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What a figure was taken on: the CPU, its cores, and the calibration loop's time."""
+
+    cpu: str
+    cores: int
+    calibration_s: float
+
+    def line(self) -> str:
+        return (
+            f"machine: {self.cpu}, {self.cores} cores; calibration {self.calibration_s:.2f} s "
+            f"for `{CALIBRATION_COMMAND}` (times scale with it)"
+        )
+
+
+def machine() -> Machine:
+    """The machine of this run, with a fresh calibration (print ``.line()`` beside figures)."""
+    return Machine(cpu_model(), os.cpu_count() or 0, calibration_s())
+
+
 class GitRef:
     """A git ref of this repository checked out in a temporary worktree, whose code a worker
     runs (``PYTHONPATH`` puts it before the editable install), so a bench compares it with the

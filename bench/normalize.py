@@ -22,13 +22,14 @@ import os
 import tempfile
 import time
 import uuid
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from harness import ROOT, bodies, percentile, spawn_worker, wait_ready, write_json
+from harness import ROOT, bodies, machine, percentile, spawn_worker, wait_ready, write_json
 
 from exchange_stream.core.events import RawObject, new_event, object_key
 from exchange_stream.core.formats import V2
@@ -224,6 +225,8 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--output", default=str(ROOT / "bench/results/normalize.json"))
     args = parser.parse_args()
+    host = machine()
+    print(host.line(), flush=True)
     base = Settings.from_env()
     topic = f"bench.normalize.{uuid.uuid4().hex[:8]}"
     await ensure_topics(Settings.from_env({**os.environ, "TOPIC_RECORD_INGESTED_V2": topic}))
@@ -251,6 +254,7 @@ async def main() -> None:
     write_json(
         Path(args.output),
         {
+            "machine": asdict(host),
             "drain": {
                 "records": args.records,
                 "bare_per_s": bare,

@@ -67,7 +67,7 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 from compare_seed import settle, start_worker, topics
-from harness import CALIBRATION_COMMAND, ROOT, GitRef, bodies, calibration_s
+from harness import ROOT, GitRef, bodies, machine
 from openloop import OpenLoopResult, run_openloop
 from wrk import CpuMeter, WrkResult, parse_wrk_output, require_wrk
 
@@ -925,8 +925,9 @@ def main() -> None:
         f"read bench on {settings.postgres_host}:{settings.postgres_port}/{settings.postgres_db}"
         f"; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
     )
-    calibration = calibration_s()
-    print(f"calibration: {calibration:.2f} s for `{CALIBRATION_COMMAND}`")
+    host = machine()
+    calibration = host.calibration_s
+    print(host.line())
     db = Database(settings)
     try:
         pre = db.run(preconditions(db.conn, args.min_rows))
@@ -938,6 +939,7 @@ def main() -> None:
     finally:
         db.close()
     document["calibration_s"] = calibration
+    document["machine"] = {"cpu": host.cpu, "cores": host.cores}
     document["durations_s"]["total_s"] = time.monotonic() - started
     document["load_average"] = {"start": load_at_start, "end": os.getloadavg()}
     print(f"total {document['durations_s']['total_s']:.0f} s")

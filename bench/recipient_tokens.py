@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography import __version__ as cryptography_version
 from cryptography.hazmat.backends.openssl.backend import backend
-from harness import calibration_s
+from harness import calibration_s, cpu_model
 
 from exchange_stream.core.recipient_token import RecipientTokens
 from exchange_stream.core.scoped_ids import ScopedIds
@@ -52,16 +52,6 @@ def rates(run: Callable[[], int], repeats: int) -> tuple[float, float]:
         ops = run()
         measured.append(ops / (time.perf_counter() - started))
     return statistics.median(measured), max(measured)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def scoped_id_rows(n: int, rounds: int) -> list[tuple[str, Callable[[], int]]]:

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import uvloop
 from aiohttp_s3_client import S3Client
-from harness import bodies
+from harness import bodies, machine
 
 from exchange_stream.infra.config import Settings
 from exchange_stream.infra.storage import RawStore, open_store
@@ -56,6 +56,7 @@ async def measure(label: str, op: Op, keys: list[str], payloads: list[bytes], co
 async def main(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     payloads = bodies()
+    print(machine().line(), flush=True)
     print(f"{'client / call':<30}{'conc':>6}{'CPU ms':>9}{'ops/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
 
     def keys() -> list[str]:

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,7 +52,7 @@ from end_to_end import (
     start_worker,
     wait_assigned,
 )
-from harness import ROOT, wait_ready
+from harness import ROOT, machine, wait_ready
 from stackprocs import stack_dir, stack_pids
 
 from tests.support import WorkerProcess
@@ -191,6 +191,8 @@ def main() -> None:
     parser.add_argument("--drain-deadline", type=float, default=300.0, help="seconds per step")
     parser.add_argument("--output", default=str(ROOT / "bench/results/scaling.json"))
     args = parser.parse_args()
+    host = machine()
+    print(host.line(), flush=True)
     counts = sorted({int(c) for c in args.workers.split(",") if c})
     if not counts or counts[0] < 1:
         raise SystemExit("--workers: positive counts, e.g. 1,2,3")
@@ -293,6 +295,7 @@ def main() -> None:
         json.dumps(
             {
                 "when": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": asdict(host),
                 "partitions": args.partitions,
                 "rate": args.rate,
                 "duration_s": args.duration,
