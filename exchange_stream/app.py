@@ -1,19 +1,23 @@
 """The worker, assembled: configuration, resources, the relay, the agents and the web routes.
 
 ``create_app`` is the one place where the parts meet; ``exchange-stream worker`` runs what it
-returns.
+returns, with the worker and web driver below, which keep Faust's own output to the log's rules.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 import faust
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from mode import ServiceT
 
 from exchange_stream.core.identity import Tokenizer
+from exchange_stream.infra import logs
 from exchange_stream.infra.config import Settings
 from exchange_stream.infra.runtime import Runtime
 from exchange_stream.ops import control
@@ -24,6 +28,55 @@ from exchange_stream.pipeline.outbox import OutboxRelay
 from exchange_stream.read.tokens import RecipientTokenService
 from web import routes
 from web.context import WebContext
+
+log = logging.getLogger(__name__)
+
+# What a failed bind's errno means, in the log's own words (the OS's text is not logged).
+_BIND_REASONS = {
+    errno.EADDRINUSE: "the port is already taken",
+    errno.EACCES: "not permitted to bind this port",
+    errno.EADDRNOTAVAIL: "no such address on this host",
+}
+
+
+class WebBindError(RuntimeError):
+    """The worker's web server could not listen on its configured address."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(f"could not bind the web server to {host}:{port} ({reason})")
+        self.host, self.port, self.reason = host, port, reason
+
+
+class ExchangeWeb(AiohttpWeb):
+    """Faust's aiohttp web driver; a failed bind is one line naming the address and a typed
+    error, never the OS's exception text."""
+
+    async def start_server(self) -> None:
+        try:
+            await super().start_server()
+        except OSError as exc:
+            host, port = self.app.conf.web_bind, self.app.conf.web_port
+            reason = _BIND_REASONS.get(exc.errno or 0, errno.errorcode.get(exc.errno or 0, "?"))
+            log.critical(
+                f"could not bind the web server to {host}:{port}: {reason}",
+                extra={"fields": {"web_bind": host, "web_port": port}},
+            )
+            raise WebBindError(host, port, reason) from exc
+
+
+class ExchangeWorker(faust.Worker):
+    """Faust's worker, keeping the log's guarantee (infra/logs.py) where Faust and mode write
+    to it: every handler they add redacts, an uncaught exception is logged, not printed, and
+    SIGUSR1 logs each thread's and task's stack as code locations instead of printing every
+    frame with its local variables (mode's ``cry``)."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        logs.guard_handlers()
+        logs.install_excepthooks()
+
+    async def _cry(self) -> None:
+        logs.log_stacks(log)
 
 
 class ExchangeApp(faust.App):
@@ -40,6 +93,10 @@ class ExchangeApp(faust.App):
 
     def on_webserver_init(self, web: Any) -> None:
         routes.install(web.web_app, self.web_context)
+
+    def _new_web(self) -> AiohttpWeb:
+        # Faust builds its web driver here (by URL scheme); ours reports a failed bind.
+        return ExchangeWeb(self)
 
 
 def _cap_fetch_wait(max_wait_ms: int) -> None:
@@ -90,6 +147,7 @@ def create_app(settings: Settings) -> ExchangeApp:
         web_bind=settings.web_bind,
         web_port=settings.web_port,
         web_application_options=routes.application_options(),
+        Worker=ExchangeWorker,
     )
     runtime = Runtime(settings, beacon=app.beacon)
     gate = DependencyGate(runtime.probe)

@@ -1,7 +1,8 @@
-"""All configuration, read once from the environment (docs/CONFIGURATION.md).
+"""All configuration, read once from the environment (the README's "Configuration" table).
 
 Defaults match the local stack. Outside ``ENV=local`` a secret left at its default is refused,
-so a misconfigured deployment stops at start instead of running with a well-known key.
+so a misconfigured deployment stops at start instead of running with a well-known key. Every
+problem of an environment is reported at once, in one ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,18 @@ _MIN_SECRET_BYTES = {"JWT_SECRET": 32, "TOKENIZER_HMAC_SECRET": 16, "RECIPIENT_T
 
 
 class ConfigError(ValueError):
-    """The environment does not describe a runnable configuration."""
+    """The environment does not describe a runnable configuration: one or more problems, each
+    naming its variable and never a value."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__(*problems)
+        self.problems: tuple[str, ...] = problems
+
+    def __str__(self) -> str:
+        if len(self.problems) == 1:
+            return self.problems[0]
+        lines = "".join(f"\n  - {p}" for p in self.problems)
+        return f"{len(self.problems)} problems:{lines}"
 
 
 @dataclass(frozen=True)
@@ -155,41 +167,56 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from the environment and refuse unsafe ones (see module doc)."""
         e = os.environ if environ is None else environ
+        # Every problem is collected and reported at the end: a helper that finds one returns
+        # the default so that reading can go on.
+        problems: list[str] = []
 
         def get(name: str, default: str) -> str:
             value = e.get(name)
             return default if value is None or value == "" else value
 
         def get_int(name: str, default: int, minimum: int = 0) -> int:
-            raw = get(name, str(default))
             try:
-                value = int(raw)
+                value = int(get(name, str(default)))
             except ValueError:
-                raise ConfigError(f"{name} must be an integer") from None
+                problems.append(f"{name} must be an integer")
+                return default
             if value < minimum:
-                raise ConfigError(f"{name} must be at least {minimum}")
+                problems.append(f"{name} must be at least {minimum}")
+                return default
             return value
 
         def get_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
             value = get(name, default).lower()
             if value not in choices:
-                raise ConfigError(f"{name} must be one of {', '.join(choices)}")
+                problems.append(f"{name} must be one of {', '.join(choices)}")
+                return default
             return value
 
         def get_bool(name: str, default: bool) -> bool:
             raw = get(name, "1" if default else "0").lower()
             if raw not in ("0", "1", "true", "false", "yes", "no"):
-                raise ConfigError(f"{name} must be 1 or 0")
+                problems.append(f"{name} must be 1 or 0")
+                return default
             return raw in ("1", "true", "yes")
 
         def get_float(name: str, default: float, minimum: float) -> float:
             try:
                 value = float(get(name, str(default)))
             except ValueError:
-                raise ConfigError(f"{name} must be a number") from None
+                problems.append(f"{name} must be a number")
+                return default
             if not value >= minimum:
-                raise ConfigError(f"{name} must be at least {minimum:g}")
+                problems.append(f"{name} must be at least {minimum:g}")
+                return default
             return value
+
+        def get_base_url(name: str) -> str | None:
+            try:
+                return _base_url(e.get(name) or None)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                return None
 
         topics = _topic_names(e)
         if e.get("KAFKA_TOPICS"):
@@ -223,7 +250,7 @@ class Settings:
             access_token_signing_key=get(
                 "ACCESS_TOKEN_SIGNING_KEY", _SECRET_DEFAULTS["ACCESS_TOKEN_SIGNING_KEY"]
             ),
-            public_base_url=_base_url(e.get("PUBLIC_BASE_URL") or None),
+            public_base_url=get_base_url("PUBLIC_BASE_URL"),
             tokenizer_hmac_secret=get(
                 "TOKENIZER_HMAC_SECRET", _SECRET_DEFAULTS["TOKENIZER_HMAC_SECRET"]
             ),
@@ -253,21 +280,34 @@ class Settings:
             log_level=get("LOG_LEVEL", "INFO").upper(),
             data_dir=get("DATA_DIR", "exchange-stream-data"),
         )
-        settings.check(name for name in _SECRET_DEFAULTS if e.get(name))
+        problems += settings.secret_problems(name for name in _SECRET_DEFAULTS if e.get(name))
+        if problems:
+            raise ConfigError(*problems)
         return settings
 
     def check(self, explicitly_set: Iterable[str] = ()) -> None:
-        """Outside ``ENV=local``: every secret must come from the environment, none may be a
-        local placeholder or the local stack's own password, and the keys this service owns
-        must be long enough. Messages name variables, never values."""
+        """Raise one ``ConfigError`` with every problem of ``secret_problems``, if any."""
+        problems = self.secret_problems(explicitly_set)
+        if problems:
+            raise ConfigError(*problems)
+
+    def secret_problems(self, explicitly_set: Iterable[str] = ()) -> list[str]:
+        """What is wrong with the secrets, one line per variable, naming it and never its value.
+
+        The signing key must be an Ed25519 PEM key everywhere. Outside ``ENV=local`` every
+        secret must also come from the environment, none may be a local placeholder or the
+        local stack's own password, and the keys this service owns must be long enough; each
+        variable gets the first of these that it fails.
+        """
+        problems: list[str] = []
         try:
             signing_key(self.access_token_signing_key)
         except SigningKeyInvalid:
-            raise ConfigError(
+            problems.append(
                 "ACCESS_TOKEN_SIGNING_KEY must be an Ed25519 private key in PEM (unencrypted)"
-            ) from None
+            )
         if self.is_local:
-            return
+            return problems
         given = set(explicitly_set)
         secrets = {
             "POSTGRES_PASSWORD": self.postgres_password,
@@ -281,25 +321,23 @@ class Settings:
             # The password then travels inside DATABASE_URL; POSTGRES_PASSWORD is unused.
             secrets["POSTGRES_PASSWORD"] = urlsplit(self.database_url).password or ""
             given.add("POSTGRES_PASSWORD")
-        unset = sorted(name for name in secrets if name not in given)
-        if unset:
-            raise ConfigError(
-                f"ENV={self.env} refuses default secrets: set {', '.join(unset)} in the "
-                "environment (defaults are allowed only with ENV=local)"
-            )
-        local = sorted(name for name, value in secrets.items() if value == _SECRET_DEFAULTS[name])
-        if local:
-            raise ConfigError(
-                f"ENV={self.env} refuses the local stack's secrets: {', '.join(local)} "
-                "must not be the local placeholder or password"
-            )
-        weak = sorted(
-            f"{name} (at least {n} bytes)"
-            for name, n in _MIN_SECRET_BYTES.items()
-            if len(secrets[name].encode()) < n
-        )
-        if weak:
-            raise ConfigError(f"ENV={self.env} refuses weak secrets: {', '.join(weak)}")
+        for name, value in sorted(secrets.items()):
+            if name not in given:
+                problems.append(
+                    f"{name} is not set (ENV={self.env} refuses the defaults: they are for "
+                    "ENV=local only)"
+                )
+            elif value == _SECRET_DEFAULTS[name]:
+                problems.append(
+                    f"{name} is the local stack's placeholder or password (refused with "
+                    f"ENV={self.env})"
+                )
+            elif len(value.encode()) < _MIN_SECRET_BYTES.get(name, 0):
+                problems.append(
+                    f"{name} is too short (ENV={self.env} needs at least "
+                    f"{_MIN_SECRET_BYTES[name]} bytes)"
+                )
+        return problems
 
 
 def _base_url(value: str | None) -> str | None:

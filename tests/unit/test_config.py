@@ -140,3 +140,68 @@ def test_hs256_and_public_base_url_settings() -> None:
     assert (s.jwt_hs256, s.public_base_url) == (False, "https://x.test/api")
     with pytest.raises(ConfigError, match="PUBLIC_BASE_URL"):
         Settings.from_env({"PUBLIC_BASE_URL": "x.test"})
+
+
+def test_every_problem_is_reported_at_once_one_line_each_without_secret_values() -> None:
+    env = {
+        "ENV": "production",
+        **SECRETS,
+        "MAX_ATTEMPTS": "many",
+        "EVENT_LOOP": "tokio",
+        "JWT_HS256": "maybe",
+        "PUBLIC_BASE_URL": "x.test",
+        "JWT_SECRET": "short-jwt-s3cret",
+        "TOKENIZER_HMAC_SECRET": "dev-tokenizer-secret-change-me",
+        "MINIO_SECRET_KEY": "minioadmin",
+        "ACCESS_TOKEN_SIGNING_KEY": "not-a-pem-s3cret",
+    }
+    del env["POSTGRES_PASSWORD"]
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    named = [
+        "MAX_ATTEMPTS",
+        "EVENT_LOOP",
+        "JWT_HS256",
+        "PUBLIC_BASE_URL",
+        "JWT_SECRET",
+        "TOKENIZER_HMAC_SECRET",
+        "MINIO_SECRET_KEY",
+        "ACCESS_TOKEN_SIGNING_KEY",
+        "POSTGRES_PASSWORD",
+    ]
+    problems = caught.value.problems
+    assert sorted(p.split()[0] for p in problems) == sorted(named)
+    text = str(caught.value)
+    assert text.splitlines()[0] == f"{len(named)} problems:"
+    assert len(text.splitlines()) == len(named) + 1
+    # No value at all: neither the secrets nor the local placeholders, which are named as such.
+    for value in {*SECRETS.values(), *(env[n] for n in named if n in env)}:
+        assert value not in text, value
+
+
+def test_one_problem_is_one_line() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"MAX_ATTEMPTS": "0"})
+    assert str(caught.value) == "MAX_ATTEMPTS must be at least 1"
+
+
+def test_every_command_prints_every_problem() -> None:
+    env = {
+        "ENV": "production",
+        "PATH": "/usr/bin:/bin",
+        "MAX_ATTEMPTS": "many",
+        "JWT_SECRET": "short-jwt-s3cret",
+    }
+    for command in (["migrate"], ["worker"], ["create-topics"], ["replay", "--source", "x"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "exchange_stream", *command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("exchange-stream: configuration error: 7 problems:")
+        for name in ["MAX_ATTEMPTS", *sorted(SECRETS)]:
+            assert name in result.stderr
+        assert "short-jwt-s3cret" not in result.stderr
