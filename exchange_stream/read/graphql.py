@@ -344,39 +344,6 @@ def _lab_value_type(value: dict[str, Any], *_: Any) -> str:
     return "QualitativeResult"
 
 
-@dataclass(frozen=True)
-class _Item:
-    """One kind object of a page, before its identifiers are issued."""
-
-    kind: str
-    obj: dict[str, Any]
-    token: str
-    position: Position
-
-
-async def _shape_items(
-    req: Request, items: list[_Item | None], wanted: frozenset[str]
-) -> list[dict[str, Any] | None]:
-    """The page's kind objects in the schema's shape, with the caller's ids (one call per kind)
-    and cursors, each issued only when the query selects it."""
-    ids: dict[int, str] = {}
-    for kind in _KINDS:
-        if _ID_FIELD[kind] not in wanted:
-            continue
-        at = [i for i, it in enumerate(items) if it is not None and it.kind == kind]
-        values = [str(items[i].obj.get(_ID_OF_KIND[kind]) or "") for i in at]  # type: ignore[union-attr]
-        ids.update(zip(at, await req.item_ids(kind, values), strict=True))
-    cursors: dict[int, str] = {}
-    if "cursor" in wanted:
-        at = [i for i, it in enumerate(items) if it is not None]
-        payloads = [list_payload(it.kind, *it.position) for it in items if it is not None]
-        cursors.update(zip(at, await req.seal(payloads), strict=True))
-    return [
-        None if it is None else _SHAPE[it.kind](it.obj, it.token, ids.get(i), cursors.get(i))
-        for i, it in enumerate(items)
-    ]
-
-
 # Root resolvers ----------------------------------------------------------------------------
 
 
@@ -480,36 +447,61 @@ async def _records(
 async def _feed_items(
     req: Request, rows: list[asyncpg.Record], wanted: frozenset[str]
 ) -> list[dict[str, Any]]:
-    """A feed page's records in the schema's shape, identifiers issued per page."""
-    tokens = await req.tokens_for([r["normalized"].get("patient_token") or "" for r in rows])
+    """A feed page's records in the schema's shape: identifiers issued per page (one call per
+    kind of identifier), and each field that costs something computed only when selected."""
+    n = len(rows)
+    normalized = [r["normalized"] for r in rows]
+    tokens = await req.tokens_for([doc.get("patient_token") or "" for doc in normalized])
     record_ids = (
         await req.record_ids([r["record_id"] for r in rows]) if "recordId" in wanted else []
     )
-    contents: list[_Item | None] = []
-    for r, token in zip(rows, tokens, strict=True):
-        obj = r["normalized"].get(r["record_kind"])
-        ok = r["record_kind"] in _SHAPE and isinstance(obj, dict)
-        position = (r["ingested_at"], r["record_id"])
-        contents.append(_Item(r["record_kind"], obj, token, position) if ok else None)
-    shaped = await _shape_items(req, contents, wanted)
+    kinds = [r["record_kind"] for r in rows]
+    # Each row's kind object, when it has one of a kind the schema knows.
+    objects: list[dict[str, Any] | None] = []
+    for kind, doc in zip(kinds, normalized, strict=True):
+        obj = doc.get(kind) if kind in _SHAPE else None
+        objects.append(obj if isinstance(obj, dict) else None)
+    ids: list[str | None] = [None] * n
+    for kind in _KINDS:
+        if _ID_FIELD[kind] not in wanted:
+            continue
+        at = [i for i in range(n) if kinds[i] == kind and objects[i] is not None]
+        if at:
+            key = _ID_OF_KIND[kind]
+            values = [str(objects[i].get(key) or "") for i in at]  # type: ignore[union-attr]
+            for i, issued in zip(at, await req.item_ids(kind, values), strict=True):
+                ids[i] = issued
+    cursors: list[str | None] = [None] * n
+    if "cursor" in wanted:
+        at = [i for i in range(n) if objects[i] is not None]
+        payloads = [
+            list_payload(kinds[i], rows[i]["ingested_at"], rows[i]["record_id"]) for i in at
+        ]
+        for i, sealed in zip(at, await req.seal(payloads), strict=True):
+            cursors[i] = sealed
+    mapping, ingested, normalized_at = (
+        f in wanted for f in ("mappingVersion", "ingestedAt", "normalizedAt")
+    )
     items = []
-    for i, (r, token, content) in enumerate(zip(rows, tokens, shaped, strict=True)):
-        record_kind = r["record_kind"]
+    for i, (r, doc, token, obj) in enumerate(zip(rows, normalized, tokens, objects, strict=True)):
+        kind = kinds[i]
         item: dict[str, Any] = {
             "recordId": record_ids[i] if record_ids else None,
             "patientToken": token,
-            "kind": record_kind,
+            "kind": kind,
             "source": r["source"],
             "schemaHint": r["schema_hint"],
-            "mappingVersion": (r["normalized"].get("meta") or {}).get("mapping_version", ""),
-            "ingestedAt": rfc3339(r["ingested_at"]),
-            "normalizedAt": rfc3339(r["normalized_at"]),
+            "mappingVersion": (doc.get("meta") or {}).get("mapping_version", "")
+            if mapping
+            else None,
+            "ingestedAt": rfc3339(r["ingested_at"]) if ingested else None,
+            "normalizedAt": rfc3339(r["normalized_at"]) if normalized_at else None,
             "encounter": None,
             "claim": None,
             "labResult": None,
         }
-        if content is not None:
-            item[_FIELD_OF_KIND[record_kind]] = content
+        if obj is not None:
+            item[_FIELD_OF_KIND[kind]] = _SHAPE[kind](obj, token, ids[i], cursors[i])
         items.append(item)
     return items
 
