@@ -7,31 +7,26 @@ Every response must be one the contract documents: status code, content type, he
 schema; and no request may get a 5xx. Every request, including those the checks make themselves
 (a request without credentials, one with invalid credentials), is counted.
 
-Three adjustments keep examples meaningful and out of other tests' way; each keeps a value valid
+Two adjustments keep examples meaningful and out of other tests' way; each keeps a value valid
 if it was valid and leaves an invalid one alone (that is the negative case being tested):
 
 - a valid ``Idempotency-Key`` is replaced by a fresh one, so examples do not collide into 409s;
 - a valid ``source`` gets the prefix ``fuzz-``, so fuzzed records never land in a source that
-  another test reconciles or replays (Hypothesis draws string constants from the code base);
-- a valid ``dob`` (10..64 characters) is replaced by a real calendar date: the contract cannot
-  express "a real date", so random strings would all be 400s and no example would ever reach the
-  202 path.
+  another test reconciles or replays (Hypothesis draws string constants from the code base).
 
-``positive_data_acceptance`` is the one built-in check left out: the tokenizer's rules (a real date,
-a name that is not only White_Space) are narrower than the schema, so a 400 for a schema-valid body
-is correct behaviour, and it is still checked to be a documented 400 with an error body.
+``positive_data_acceptance`` is the one built-in check left out here: a source over 255 bytes of
+UTF-8 is schema-valid (JSON Schema counts characters) and refused, as the contract says in words.
+``tests/test_openapi_fuzz.py`` runs that check too, with exactly that refusal exempted.
 
 Set ``FUZZ_STATS_PATH`` to write the counts as JSON (for the reliability report).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,7 +44,6 @@ from tests.support import WorkerProcess
 MAX_EXAMPLES = 50
 AUTH = {"Authorization": "Bearer dev"}
 _KEY_MIN, _KEY_MAX = 8, 255
-_DOB_MIN, _DOB_MAX = 10, 64
 # The contract's own rule for a source (its limit in bytes is the service's MAX_SOURCE_BYTES).
 _SOURCE = re.compile(openapi()["components"]["schemas"]["Source"]["pattern"])
 
@@ -108,11 +102,6 @@ def counted_requests() -> Iterator[Tally]:
         yield TALLY
 
 
-def _real_date(text: str) -> str:
-    """A real calendar date derived from ``text``: deterministic, spread over 1900..2009."""
-    return (dt.date(1900, 1, 1) + dt.timedelta(days=zlib.crc32(text.encode()) % 40_000)).isoformat()
-
-
 def _steer(case: schemathesis.Case) -> None:
     """The adjustments of the module docstring; a case's validity is left unchanged."""
     headers = case.headers or {}
@@ -129,12 +118,6 @@ def _steer(case: schemathesis.Case) -> None:
         and len(source.encode()) <= MAX_SOURCE_BYTES - len("fuzz-")
     ):
         body["source"] = f"fuzz-{source}"
-    # /tokenize has the identity at the top level; ingest bodies under "patient".
-    identity = body if case.operation.path == "/tokenize" else body.get("patient")
-    if isinstance(identity, dict):
-        dob = identity.get("dob")
-        if isinstance(dob, str) and _DOB_MIN <= len(dob) <= _DOB_MAX:
-            identity["dob"] = _real_date(dob)
 
 
 @SCHEMA.parametrize()

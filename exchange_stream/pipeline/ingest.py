@@ -35,7 +35,8 @@ from exchange_stream.infra.storage import RawStore, StorageUnavailable
 
 # A source names the first segment of its objects' keys. Anything partners send is accepted
 # (the contract refuses "/", "." and "..", and control characters); a key segment must also fit
-# in one file name of a POSIX-backed store (255 bytes).
+# in one file name of a POSIX-backed store (255 bytes). JSON Schema counts characters, not bytes,
+# so the contract states this limit in words and as ``x-max-utf8-bytes``, and it is checked here.
 MAX_SOURCE_BYTES = 255
 
 
@@ -92,7 +93,8 @@ def parse_request(fmt: IngestFormat, body: bytes) -> IngestRequest:
         raise BadRequest("invalid field: source")
     try:
         # The normalizer tokenizes later; refusing now what it could not tokenize keeps
-        # unprocessable identities out of the pipeline.
+        # unprocessable identities out of the pipeline. The contract's patterns state the same
+        # rules (a real date, a name not only white space), so this refuses nothing they pass.
         canonical_identity(*fmt.identity(doc["patient"]))
     except IdentityError as exc:
         raise BadRequest(f"{exc.reason} field: patient.{fmt.body_field(exc.field)}") from None
