@@ -8,6 +8,8 @@
     .venv/bin/python bench/end_to_end.py --variant uvloop:EVENT_LOOP=uvloop \\
         --variant asyncio:EVENT_LOOP=asyncio
     .venv/bin/python bench/end_to_end.py --variant c4: --variant c2:NORMALIZER_CONCURRENCY=2
+    # the working tree beside a git ref (a temporary worktree whose code its worker runs):
+    .venv/bin/python bench/end_to_end.py --rates 200,400 --ref 7354200
 
 The worker is the default deployment (ingest + outbox relay + normalizer) on the stack of the
 environment (POSTGRES_PORT, KAFKA_BROKERS, MINIO_ENDPOINT, as for the tests). Each variant's
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -49,7 +52,7 @@ from pathlib import Path
 
 import orjson
 from compare_seed import database_env, ensure_database, migrate, settle
-from harness import ROOT, bodies, machine, wait_ready
+from harness import ROOT, GitRef, Machine, bodies, machine, wait_ready
 from openloop import OpenLoopResult, run_openloop
 from stackprocs import WindowMeter
 
@@ -586,6 +589,12 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2, help="client processes")
     parser.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VAL,...")
+    parser.add_argument(
+        "--ref",
+        metavar="GIT_REF",
+        help="also run a worker of this git ref (a temporary worktree) as a variant named after "
+        "it, beside the working tree's (variant 'working-tree'), alternating",
+    )
     parser.add_argument("--slo-p99-ms", type=float, default=250.0)
     parser.add_argument("--drain-deadline", type=float, default=300.0, help="seconds per rate")
     parser.add_argument("--output", default=str(ROOT / "bench/results/end_to_end.json"))
@@ -595,6 +604,23 @@ def main() -> None:
     rates = [float(r) for r in args.rates.split(",") if r]
     common = parse_env(args.worker_env)
     variants = [parse_variant(v) for v in args.variant] or [Variant("default", {})]
+    with contextlib.ExitStack() as stack:
+        if args.ref:
+            ref = stack.enter_context(GitRef(args.ref))
+            if not args.variant:
+                variants = [Variant("working-tree", {})]
+            variants.append(Variant(args.ref, ref.env()))
+        run_variants(args, host, rates, common, variants)
+
+
+def run_variants(
+    args: argparse.Namespace,
+    host: Machine,
+    rates: list[float],
+    common: dict[str, str],
+    variants: list[Variant],
+) -> None:
+    """Every variant's worker at every rate, alternating; the tables and the JSON."""
     if len({v.name for v in variants}) != len(variants):
         raise SystemExit("variant names must differ")
 

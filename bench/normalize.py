@@ -1,6 +1,7 @@
 """Normalizer benchmark: drain throughput beside a bare consumer, and end-to-end latency.
 
     .venv/bin/python bench/normalize.py [--records 3000] [--rate 40] [--seconds 15]
+        [--ref GIT_REF --rounds N]
 
 Needs the stack (`make stack`) and a migrated database. In one run, on the same services:
   1. a topic of its own is pre-filled with --records events whose raw objects are in S3;
@@ -11,6 +12,12 @@ Needs the stack (`make stack`) and a migrated database. In one run, on the same 
   4. end to end: a worker serving HTTP at --rate requests/s for --seconds; latency is from the
      202 to the canonical row's commit (Postgres clock, same machine).
 Throughput is rows over the span between the first and the last row written.
+
+With ``--ref``, step 3 is also run by a worker of that git ref (a temporary worktree whose code
+it runs), ``--rounds`` times each, alternating, on topics pre-filled for each drain (the same
+bodies, new record ids): each worker is ready and idle before its topic is filled, so its CPU
+from then until its last canonical row (``/proc/<pid>/stat``) is the drain's alone, printed as
+CPU ms per record beside the records/s, with the ratio of the working tree's to the ref's.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import statistics
 import tempfile
 import time
 import uuid
@@ -29,7 +37,17 @@ from pathlib import Path
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from harness import ROOT, bodies, machine, percentile, spawn_worker, wait_ready, write_json
+from harness import (
+    ROOT,
+    GitRef,
+    bodies,
+    machine,
+    percentile,
+    spawn_worker,
+    wait_ready,
+    write_json,
+)
+from stackprocs import tree_cpu_seconds
 
 from exchange_stream.core.events import RawObject, new_event, object_key
 from exchange_stream.core.formats import V2
@@ -151,6 +169,67 @@ async def normalizer_drain(settings: Settings, topic: str, ids: list[str], pool)
     return len(ids) / float(span)
 
 
+async def measured_drain(
+    settings: Settings, n: int, pool, env: dict[str, str] | None = None
+) -> dict[str, float]:
+    """A worker (of ``env``'s code) is started on an empty topic of its own and is ready; then
+    ``n`` events are put on the topic and it drains them. Rows/s, and its CPU ms per record
+    from the fill to its last canonical row."""
+    topic = f"bench.normalize.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(Settings.from_env({**os.environ, "TOPIC_RECORD_INGESTED_V2": topic}))
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = spawn_worker(
+            Path(tmp),
+            KAFKA_TOPICS=topic,
+            APP_ID=f"bench-normalize-{uuid.uuid4().hex[:6]}",
+            **(env or {}),
+        )
+        try:
+            await wait_ready(url, Path(tmp) / "worker.log")
+            cpu0 = tree_cpu_seconds([proc.pid])
+            ids = await prefill(settings, topic, n)
+            uuids = [uuid.UUID(r) for r in ids]
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                done = await pool.fetchval(
+                    "SELECT count(*) FROM canonical_records WHERE record_id = ANY($1)", uuids
+                )
+                if done == n:
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                raise RuntimeError(f"normalizer did not finish; see {tmp}/worker.log")
+            cpu1 = tree_cpu_seconds([proc.pid])
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    span = await pool.fetchval(
+        "SELECT extract(epoch FROM max(normalized_at) - min(normalized_at)) "
+        "FROM canonical_records WHERE record_id = ANY($1)",
+        uuids,
+    )
+    cpu_ms = (cpu1 - cpu0) * 1000 / n if cpu0 is not None and cpu1 is not None else float("nan")
+    return {"per_s": n / float(span), "cpu_ms_per_record": cpu_ms}
+
+
+async def side_by_side(
+    settings: Settings, n: int, pool, ref: GitRef, rounds: int
+) -> dict[str, list[dict[str, float]]]:
+    """``measured_drain`` of the working tree and of ``ref``, ``rounds`` times, alternating."""
+    runs: dict[str, list[dict[str, float]]] = {"working tree": [], ref.ref: []}
+    systems = [("working tree", None), (ref.ref, ref.env())]
+    for round_no in range(rounds):
+        for label, env in systems if round_no % 2 == 0 else systems[::-1]:
+            got = await measured_drain(settings, n, pool, env)
+            runs[label].append(got)
+            print(
+                f"  round {round_no + 1}, {label}: {got['per_s']:.0f} records/s, "
+                f"worker CPU {got['cpu_ms_per_record']:.2f} ms per record",
+                flush=True,
+            )
+    return runs
+
+
 async def end_to_end(
     settings: Settings, rate: float, seconds: float, pool, warmup_s: float = 5.0
 ) -> dict:
@@ -223,6 +302,8 @@ async def main() -> None:
     parser.add_argument("--records", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=40.0)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--ref", metavar="GIT_REF", help="also drain with a worker of this ref")
+    parser.add_argument("--rounds", type=int, default=2, help="with --ref: drains of each")
     parser.add_argument("--output", default=str(ROOT / "bench/results/normalize.json"))
     args = parser.parse_args()
     host = machine()
@@ -238,10 +319,29 @@ async def main() -> None:
         bare = await baseline(base, topic, args.records, pool)
         print("normalizer drain …", flush=True)
         norm = await normalizer_drain(base, topic, ids, pool)
+        compared = None
+        if args.ref:
+            print(f"normalizer drains, the working tree beside {args.ref} …", flush=True)
+            with GitRef(args.ref) as ref:
+                compared = await side_by_side(base, args.records, pool, ref, args.rounds)
         print(f"end to end at {args.rate:g} req/s for {args.seconds:g} s …", flush=True)
         e2e = await end_to_end(base, args.rate, args.seconds, pool)
     finally:
         await pool.close()
+    if compared is not None:
+        med = {
+            label: {
+                k: statistics.median(r[k] for r in runs) for k in ("per_s", "cpu_ms_per_record")
+            }
+            for label, runs in compared.items()
+        }
+        a, b = med["working tree"], med[args.ref]
+        print(f"\nDrain side by side, medians of {args.rounds}: working tree / {args.ref}")
+        print(
+            f"  records/s {a['per_s']:.0f} / {b['per_s']:.0f}; worker CPU per record "
+            f"{a['cpu_ms_per_record']:.2f} / {b['cpu_ms_per_record']:.2f} ms "
+            f"(ratio {a['cpu_ms_per_record'] / b['cpu_ms_per_record']:.2f})"
+        )
     print(f"\nDrain of {args.records} pre-filled events (FHIR bodies), records/s")
     print(f"  bare consumer (S3 GET + 1 INSERT per record, sequential): {bare:8.1f}")
     print(f"  normalizer (map, tokenize, ledger, batched writes):       {norm:8.1f}")
@@ -262,6 +362,7 @@ async def main() -> None:
                 "ratio": norm / bare,
             },
             "end_to_end": e2e,
+            "side_by_side": compared,
         },
     )
 
