@@ -23,6 +23,9 @@ SHARED_WORKER_ENV = {
     "TOKENIZER_HMAC_SECRET": "test-hmac-secret-0123456789",
     "MAX_ATTEMPTS": str(WORKER_MAX_ATTEMPTS),
     "BACKOFF_BASE_MS": "100",
+    # The same for every worker of the group (the strict one included), so records of one
+    # person link whichever worker normalizes them.
+    "MATCH_TOKEN_SECRET": "test-match-token-secret-0123456789abcdef",
 }
 
 
@@ -103,6 +106,7 @@ STRICT_ENV = {
     "JWT_ISSUER": "https://issuer.test",
     "JWT_AUDIENCE": "exchange-stream-test",
     "RECIPIENT_TOKEN_SECRET": "test-recipient-token-secret-0123456789",
+    "MATCH_TOKEN_SECRET": "test-match-token-secret-0123456789abcdef",
 }
 # A login of the test database with a password of its own: outside ENV=local the local stack's
 # password "exchange" is refused.

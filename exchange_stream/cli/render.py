@@ -455,6 +455,25 @@ def _time(value: str | None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _link_persons(s: dict[str, Any], out: TextIO) -> None:
+    _lines(
+        out,
+        [
+            (
+                "linked",
+                f"{s['linked']} record(s) in {s['batches']} batch(es) of up to "
+                f"{s['batch_size']}, {s['elapsed_s']} s, {s['rows_per_s']} rows/s",
+            ),
+            (
+                "no identity",
+                f"{s['no_identity']} record(s) whose raw object has no readable "
+                "patient (each a person of its own)",
+            ),
+            ("cursor", f"{s['cursor']} (started from {s['started_from']})"),
+        ],
+    )
+
+
 RENDERERS: dict[str, Renderer] = {
     "replay": _replay,
     "reconcile": _reconcile,
@@ -467,4 +486,5 @@ RENDERERS: dict[str, Renderer] = {
     "recipients_revoke": _recipient_revoke,
     "materialize-patient-index": _patient_index,
     "data-quality": _print_data_quality,
+    "link-persons": _link_persons,
 }

@@ -31,11 +31,17 @@ _SECRET_DEFAULTS = {
     "JWT_SECRET": "dev-jwt-secret-change-me",
     "TOKENIZER_HMAC_SECRET": "dev-tokenizer-secret-change-me",
     "RECIPIENT_TOKEN_SECRET": "dev-recipient-token-secret-change-me",
+    "MATCH_TOKEN_SECRET": "dev-match-token-secret-change-me",
     "ACCESS_TOKEN_SIGNING_KEY": _LOCAL_ACCESS_KEY,
 }
 # Minimum lengths (bytes of UTF-8) of the keys this service owns, outside ENV=local. HS256 keys
 # shorter than the hash (32 bytes) are refused by RFC 7518 §3.2.
-_MIN_SECRET_BYTES = {"JWT_SECRET": 32, "TOKENIZER_HMAC_SECRET": 16, "RECIPIENT_TOKEN_SECRET": 32}
+_MIN_SECRET_BYTES = {
+    "JWT_SECRET": 32,
+    "TOKENIZER_HMAC_SECRET": 16,
+    "RECIPIENT_TOKEN_SECRET": 32,
+    "MATCH_TOKEN_SECRET": 32,
+}
 
 
 class ConfigError(ValueError):
@@ -94,6 +100,8 @@ class Settings:
     recipient_token_secret: str = field(
         default=_SECRET_DEFAULTS["RECIPIENT_TOKEN_SECRET"], repr=False
     )
+    # Keys of the match tokens that link records of one person (core/match_tokens.py).
+    match_token_secret: str = field(default=_SECRET_DEFAULTS["MATCH_TOKEN_SECRET"], repr=False)
     max_attempts: int = 5
     backoff_base_ms: int = 200
     web_port: int = 8080
@@ -257,6 +265,7 @@ class Settings:
             recipient_token_secret=get(
                 "RECIPIENT_TOKEN_SECRET", _SECRET_DEFAULTS["RECIPIENT_TOKEN_SECRET"]
             ),
+            match_token_secret=get("MATCH_TOKEN_SECRET", _SECRET_DEFAULTS["MATCH_TOKEN_SECRET"]),
             max_attempts=get_int("MAX_ATTEMPTS", 5, 1),
             backoff_base_ms=get_int("BACKOFF_BASE_MS", 200, 0),
             web_port=get_int("WEB_PORT", 8080, 0),
@@ -315,6 +324,7 @@ class Settings:
             "JWT_SECRET": self.jwt_secret,
             "TOKENIZER_HMAC_SECRET": self.tokenizer_hmac_secret,
             "RECIPIENT_TOKEN_SECRET": self.recipient_token_secret,
+            "MATCH_TOKEN_SECRET": self.match_token_secret,
             "ACCESS_TOKEN_SIGNING_KEY": self.access_token_signing_key,
         }
         if self.database_url:

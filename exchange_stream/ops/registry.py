@@ -6,6 +6,7 @@ from typing import Any
 
 from exchange_stream.ops import (
     data_quality,
+    link_persons,
     patient_index,
     recipients,
     reconcile,
@@ -22,6 +23,7 @@ OPERATIONS: dict[str, Operation] = {
         redrive.OPERATION,
         patient_index.OPERATION,
         data_quality.OPERATION,
+        link_persons.OPERATION,
         *recipients.OPERATIONS,
     )
 }

@@ -24,7 +24,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +39,8 @@ from exchange_stream.core.events import EVENT_TYPE, IngestedEvent
 from exchange_stream.core.formats import FORMATS, for_version
 from exchange_stream.core.identity import IdentityError, canonical_identity, token_for
 from exchange_stream.core.mappings import MAPPING_VERSION, MappingError, map_payload
+from exchange_stream.core.match_tokens import LINKING_RULES, MatchKeys, match_tokens
+from exchange_stream.core.matching import match_attributes
 from exchange_stream.core.timefmt import rfc3339
 from exchange_stream.infra import metrics
 from exchange_stream.infra.config import Settings
@@ -102,9 +104,16 @@ def parse_event(value: bytes | None) -> IngestedEvent:
 
 
 def canonicalize(
-    event: IngestedEvent, raw: bytes, hmac_key: bytes, normalized_at: datetime
+    event: IngestedEvent,
+    raw: bytes,
+    hmac_key: bytes,
+    normalized_at: datetime,
+    match_keys: MatchKeys | None = None,
 ) -> dict[str, Any]:
-    """The canonical row for ``event`` from its raw object's bytes, or a ``ProcessingError``."""
+    """The canonical row for ``event`` from its raw object's bytes, or a ``ProcessingError``.
+
+    With ``match_keys``, the row also carries the record's match tokens (``match_tokens``: rule →
+    token), which go to the ``match_tokens`` table, never into ``normalized``."""
     expected = event.raw_object
     if len(raw) != expected.size_bytes or hashlib.sha256(raw).hexdigest() != expected.sha256:
         raise errors.permanent("ChecksumMismatch", "verify", "raw object differs from the event")
@@ -137,7 +146,11 @@ def canonicalize(
             "mapping_version": MAPPING_VERSION,
         },
     }
+    tokens = {}
+    if match_keys is not None:
+        tokens = match_tokens(match_attributes(body["patient"], fmt), match_keys)
     return {
+        "match_tokens": tokens,
         "source": event.source,
         "raw_object_key": expected.key,
         "raw_sha256": expected.sha256,
@@ -161,6 +174,7 @@ class Normalizer:
         self.runtime = runtime
         self.gate = gate
         self._hmac_key = settings.tokenizer_hmac_secret.encode()
+        self._match_keys = MatchKeys(settings.match_token_secret)
         self._versions_by_topic = {settings.ingest_topic_for(f.version): f.version for f in FORMATS}
 
     async def process(self, messages: Sequence[Message]) -> None:
@@ -265,7 +279,7 @@ class Normalizer:
         w.attempts += 1
         try:
             raw = await self.runtime.store.get(w.event.raw_object.key)
-            w.row = canonicalize(w.event, raw, self._hmac_key, datetime.now(UTC))
+            w.row = canonicalize(w.event, raw, self._hmac_key, datetime.now(UTC), self._match_keys)
         except ObjectMissing:
             w.error = errors.transient("RawObjectMissing", "fetch", "raw object not found")
         except StorageUnavailable as exc:
@@ -299,8 +313,16 @@ class Normalizer:
         def col(name: str) -> list[Any]:
             return [None if w.row is None else w.row[name] for w in done]
 
-        await self._db(
-            "execute",
+        linked = [w for w in done if w.row is not None]
+        owners, rules, tokens = [], [], []
+        for w in linked:
+            for rule, token in w.row["match_tokens"].items():  # type: ignore[index]
+                if rule not in LINKING_RULES:
+                    continue
+                owners.append(w.record_id)
+                rules.append(rule)
+                tokens.append(token)
+        commit = (
             q("normalize_commit_success"),
             [w.record_id for w in done],
             [w.attempt_no for w in done],
@@ -316,6 +338,16 @@ class Normalizer:
             [w.already_canonical for w in done],
             PIPELINE,
         )
+        link = (q("link_records"), [w.record_id for w in linked], owners, rules, tokens)
+
+        async def canonical_transaction(conn: asyncpg.Connection) -> None:
+            # The canonical rows and their persons commit together (docs/CONTRACT.md §9).
+            async with conn.transaction():
+                await conn.execute(*commit)
+                if linked:
+                    await conn.execute(*link)
+
+        await self._with_connection(canonical_transaction)
         now = time.time()
         for w in done:
             if w.row is None:
@@ -396,10 +428,19 @@ class Normalizer:
     async def _db(self, method: str, *args: Any) -> Any:
         """Run one statement; while Postgres is down, wait at the gate and run it again (no
         progress is possible without the ledger, and the offsets stay where they are)."""
+
+        async def statement(conn: asyncpg.Connection) -> Any:
+            return await getattr(conn, method)(*args)
+
+        return await self._with_connection(statement)
+
+    async def _with_connection(self, work: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
+        """``work`` on a connection of the work pool, run again whole after a lock conflict or a
+        broken connection, and after an outage once Postgres answers (``_db``)."""
         while True:
             try:
                 async with self.runtime.work_pool.acquire() as conn:
-                    return await getattr(conn, method)(*args)
+                    return await work(conn)
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
                 # Two batches holding one record (a replay beside a redelivery, say) locked its
                 # ledger rows in opposite orders; Postgres rolled one statement back whole.

@@ -258,6 +258,20 @@ RESULTS: list[tuple[str, str, dict[str, Any]]] = [
         },
     ),
     ("data-quality", "failed", {}),
+    (
+        "link-persons",
+        "succeeded",
+        {
+            "batches": 2,
+            "linked": 250,
+            "no_identity": 1,
+            "batch_size": 200,
+            "started_from": "00000000-0000-0000-0000-000000000000",
+            "cursor": "f1e2d3c4-0000-4000-8000-000000000000",
+            "elapsed_s": 0.4,
+            "rows_per_s": 625,
+        },
+    ),
 ]
 # A Python repr: of a dict or list ({ [ ]), of a string inside one ('…': / ['… / …'] / ', ') or
 # of a value (None, True, False, UUID(…), datetime.…(…)).

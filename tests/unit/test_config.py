@@ -16,6 +16,7 @@ SECRETS = {
     "JWT_SECRET": "jwt-s3cret-value-0123456789abcdefghij",
     "TOKENIZER_HMAC_SECRET": "hmac-s3cret-value-0123456789",
     "RECIPIENT_TOKEN_SECRET": "recipient-s3cret-value-0123456789abcdef",
+    "MATCH_TOKEN_SECRET": "match-s3cret-value-0123456789abcdef012",
     "ACCESS_TOKEN_SIGNING_KEY": new_signing_key_pem(),
 }
 
@@ -201,7 +202,11 @@ def test_every_command_prints_every_problem() -> None:
             timeout=60,
         )
         assert result.returncode == 2, result.stderr
-        assert result.stderr.startswith("exchange-stream: configuration error: 7 problems:")
+        # MAX_ATTEMPTS, and each secret of SECRETS.
+        problems = 1 + len(SECRETS)
+        assert result.stderr.startswith(
+            f"exchange-stream: configuration error: {problems} problems:"
+        ), result.stderr
         for name in ["MAX_ATTEMPTS", *sorted(SECRETS)]:
             assert name in result.stderr
         assert "short-jwt-s3cret" not in result.stderr

@@ -28,6 +28,7 @@ STRICT = Settings.from_env(
         "MINIO_SECRET_KEY": "s3-unit-secret",
         "TOKENIZER_HMAC_SECRET": "hmac-unit-secret-0123456789",
         "RECIPIENT_TOKEN_SECRET": "recipient-unit-secret-0123456789abcdef",
+        "MATCH_TOKEN_SECRET": "match-unit-secret-0123456789abcdef0123",
         "ACCESS_TOKEN_SIGNING_KEY": new_signing_key_pem(),
     }
 )
