@@ -19,6 +19,15 @@ as digits and as sent, with dashes), and free text ``Zq<tag>note`` in payload fi
 patient fields (a partnerA ``patient_note``, FHIR ``text.div``, ``display``, ``text``, a
 ``valueString``). Names, SSN and note are unique to this run, so they are searched for everywhere.
 
+Persons (migration 0015): the canonical records of this run are linked to persons, and their
+match tokens are keyed hashes of the patient's details. Neither may leave the exchange but as a
+recipient's own ``personToken``: the raw person ids of this run's records (and of any person
+merged into theirs) and their match tokens (hex and base64) are searched for in every log line,
+topic message and HTTP body (answers, errors, /metrics). Person ids are small integers that any
+line might hold by chance, so the test first moves the persons' identity sequence up to a random
+14-digit range (once: a later run finds it there); the ids are then searched for as whole
+numbers. The database is not searched for them: its person tables hold them by design.
+
 The date of birth must be a real date, so it cannot be unique: it is the rare 1903-07-19, searched
 for in its ISO form. Dates legitimately appear in canonical rows (admit times, service dates), and
 another test's payload might use that day for one, so the dob is searched for: everywhere except
@@ -36,8 +45,10 @@ the DLQ messages scanned include this test's.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import re
+import secrets
 import uuid
 from typing import Any
 
@@ -195,6 +206,64 @@ async def _table_hits(db: asyncpg.Pool, table: str, terms: list[str]) -> list[di
     return [{"table": table, "row": r["row"][:300]} for r in rows]
 
 
+# Person ids of this run are at least this large (``_distinctive_person_ids``): 14 digits.
+DISTINCTIVE_PERSON_IDS = 10**13
+
+
+async def _distinctive_person_ids(db: asyncpg.Pool) -> None:
+    """Move the persons' identity sequence to a random 14-digit range, unless it is there
+    already: a person id then shows as itself, not as any small number a line may hold."""
+    sequence = await db.fetchval("SELECT pg_get_serial_sequence('persons', 'person_id')")
+    last = await db.fetchval(f"SELECT last_value FROM {sequence}")
+    if last < DISTINCTIVE_PERSON_IDS:
+        start = DISTINCTIVE_PERSON_IDS * (3 + secrets.randbelow(6)) + secrets.randbelow(10**12)
+        await db.execute("SELECT setval($1::regclass, $2)", sequence, start)
+
+
+async def _persons_of(db: asyncpg.Pool, record_ids: list[str]) -> tuple[set[int], set[bytes]]:
+    """The persons of ``record_ids`` (as they are now, and any merged into them) and their
+    match tokens: what the scan looks for."""
+    ids = [uuid.UUID(r) for r in record_ids]
+    rows = await db.fetch(
+        "WITH current AS (SELECT DISTINCT coalesce(p.merged_into, p.person_id) AS person_id "
+        "FROM record_persons rp JOIN persons p USING (person_id) WHERE rp.record_id = ANY($1)) "
+        "SELECT person_id FROM persons "
+        "WHERE person_id IN (SELECT person_id FROM current) "
+        "OR merged_into IN (SELECT person_id FROM current)",
+        ids,
+    )
+    linked = await db.fetchval("SELECT count(*) FROM record_persons WHERE record_id = ANY($1)", ids)
+    tokens = await db.fetch("SELECT token FROM match_tokens WHERE record_id = ANY($1)", ids)
+    persons = {r["person_id"] for r in rows}
+    # Positive controls: every record is linked, under a distinctive id, with tokens to look for.
+    assert linked == len(ids), "a canonical record of this run has no person"
+    assert persons and min(persons) >= DISTINCTIVE_PERSON_IDS, sorted(persons)
+    assert tokens, "no match token to look for"
+    return persons, {bytes(r["token"]) for r in tokens}
+
+
+def _linkage_search(persons: set[int], tokens: set[bytes]) -> Any:
+    """A function from text (or bytes) to its lines holding a raw person id (as a whole number)
+    or a match token (hex or base64, either alphabet), case-insensitively."""
+    encodings = set()
+    for token in tokens:
+        encodings |= {
+            token.hex(),
+            base64.b64encode(token).decode().rstrip("="),
+            base64.urlsafe_b64encode(token).decode().rstrip("="),
+        }
+    terms = [rf"(?<![0-9]){p}(?![0-9])" for p in sorted(persons)]
+    terms += [re.escape(e) for e in sorted(encodings)]
+    pattern = re.compile("|".join(terms), re.IGNORECASE)
+
+    def search(text: str | bytes) -> list[str]:
+        if isinstance(text, bytes):
+            text = text.decode(errors="replace")
+        return [line for line in text.splitlines() if pattern.search(line)]
+
+    return search
+
+
 def _without_dates(value: Any) -> Any:
     """A canonical ``normalized`` object with its date and time fields removed."""
     if isinstance(value, dict):
@@ -251,6 +320,7 @@ async def test_no_patient_identifier_leaves_the_raw_store(
 
     canonical_ids: list[str] = []
     dlq_keys: dict[bytes, str] = {}  # DLQ message key -> the case it stands for
+    await _distinctive_person_ids(db)
 
     async with (
         TopicReader(settings.broker_list, settings.dlq_topic_for("1")) as dlq_v1,
@@ -344,6 +414,8 @@ async def test_no_patient_identifier_leaves_the_raw_store(
 
         # --- wait until the pipeline is done with all of it --------------------------------
         rows = await wait_canonical(db, canonical_ids, timeout=180)
+        # Linked in the canonical rows' transaction: the persons are there with them.
+        person_ids, match_token_values = await _persons_of(db, canonical_ids)
         dlq_messages = await dlq_v2.collect(
             lambda ms: dlq_keys.keys() <= {m.key for m in ms}, timeout=180
         )
@@ -389,7 +461,8 @@ async def test_no_patient_identifier_leaves_the_raw_store(
         graphql_url,
         {
             "query": "query ($s: String) { records(source: $s, first: 50) { items { recordId "
-            "patientToken kind encounter { encounterId facilityId admitTime } claim { claimId "
+            "patientToken personToken kind encounter { encounterId facilityId admitTime } "
+            "claim { claimId "
             "payerId totalCharge { amount } } labResult { resultId status value { __typename "
             "... on Quantity { quantity unit } ... on QualitativeResult { result } } } } "
             "nextCursor } }",
@@ -398,21 +471,37 @@ async def test_no_patient_identifier_leaves_the_raw_store(
     )
     assert status == 200 and page["data"]["records"]["items"], page
     recipient_tokens = {i["patientToken"] for i in page["data"]["records"]["items"]}
-    for token in sorted(recipient_tokens):
-        status, _ = await ex.post(
+    person_tokens = {i["personToken"] for i in page["data"]["records"]["items"]}
+    for token in sorted(person_tokens):
+        status, answer = await ex.post(
             graphql_url,
             {
-                "query": "query ($t: ID!) { patient(patientToken: $t) { patientToken dob } "
+                "query": "query ($p: ID!) { person(personToken: $p) { personToken records { "
+                "items { recordId patientToken personToken kind encounter { encounterId } } "
+                "nextCursor resumeCursor } } }",
+                "variables": {"p": token},
+            },
+        )
+        assert status == 200 and answer["data"]["person"]["records"]["items"], answer
+    for token in sorted(recipient_tokens):
+        status, answer = await ex.post(
+            graphql_url,
+            {
+                "query": "query ($t: ID!) { patient(patientToken: $t) { patientToken dob "
+                "personToken } "
                 "encounters(patientToken: $t) { encounterId cursor } claims(patientToken: $t) "
                 "{ claimId } labResults(patientToken: $t) { resultId } }",
                 "variables": {"t": token},
             },
         )
         assert status == 200
+        person_tokens.add(answer["data"]["patient"]["personToken"])
     for query, token in (
         ("{ records(first: 501) { nextCursor } }", "dev"),
         ('{ records(after: "x") { nextCursor } }', "dev"),
         (f'{{ encounters(patientToken: "{s.given}") {{ encounterId }} }}', "dev"),
+        (f'{{ person(personToken: "{s.given}") {{ personToken }} }}', "dev"),
+        ('{ person(personToken: "x") { records(after: "x") { nextCursor } } }', "dev"),
         ("{ records { items { nope } } }", "dev"),
         ("{ records { nextCursor } }", None),
     ):
@@ -420,9 +509,16 @@ async def test_no_patient_identifier_leaves_the_raw_store(
     # The same reads as GET queries: what they log and return is scanned as well.
     records_query = (
         "query ($s: String) { records(source: $s, first: 50) { items { recordId patientToken "
-        "kind encounter { encounterId facilityId admitTime cursor } } nextCursor resumeCursor } }"
+        "personToken kind encounter { encounterId facilityId admitTime cursor } } nextCursor "
+        "resumeCursor } }"
     )
     assert await ex.get_query(graphql_url, records_query, {"s": source}) == 200
+    for token in sorted(person_tokens):
+        query = (
+            "query ($p: ID!) { person(personToken: $p) { personToken records(first: 1) { "
+            "items { recordId personToken } nextCursor } } }"
+        )
+        assert await ex.get_query(graphql_url, query, {"p": token}) == 200
     for token in sorted(recipient_tokens):
         query = (
             "query ($t: ID!) { patient(patientToken: $t) { patientToken dob } "
@@ -467,6 +563,15 @@ async def test_no_patient_identifier_leaves_the_raw_store(
         if s.hits(value):
             leaks.append(("topic", m.topic, value[:300]))
     leaks += [("HTTP body", b[:300]) for b in ex.bodies if s.hits(b.decode(errors="replace"))]
+    # Persons: raw person ids and match tokens, in every log line, message and HTTP body.
+    linkage = _linkage_search(person_ids, match_token_values)
+    for name, text in logs.items():
+        leaks += [(name, "person id or match token", line[:300]) for line in linkage(text)]
+    for m in dlq_messages + topic_messages:
+        for line in linkage((m.value or b"").decode(errors="replace")):
+            leaks.append(("topic", m.topic, "person id or match token", line[:300]))
+    for b in ex.bodies:
+        leaks += [("HTTP body", "person id or match token", line[:300]) for line in linkage(b)]
 
     tables = {
         r["tablename"]
@@ -486,6 +591,14 @@ async def test_no_patient_identifier_leaves_the_raw_store(
 
     # A recipient never receives a master token; a recipient's tokens are never logged.
     assert recipient_tokens and all(t.startswith("rt1.local-dev.") for t in recipient_tokens)
+    # Nor its person tokens (its own, ``rp1.``), which it does receive.
+    assert person_tokens and all(t.startswith("rp1.") for t in person_tokens)
+    assert not [
+        (name, line[:300])
+        for name, text in logs.items()
+        for line in text.splitlines()
+        if any(t in line for t in person_tokens)
+    ]
     assert not [b[:300] for b in graphql_bodies for m in masters if m in b]
     assert not [
         (name, line[:300])

@@ -1,13 +1,15 @@
-"""Identifiers of each recipient's own: record ids, item ids and cursors, scoped like its tokens.
+"""Identifiers of each recipient's own: record ids, person ids, item ids and cursors, scoped like
+its tokens.
 
-A record id, an encounter, claim or result id, or a cursor that two recipients both received
-would let them join their extracts (and so map one's patient tokens to the other's) without the
-exchange. Each recipient therefore gets its own encoding of each, deterministic for (recipient,
-key version, value) and reversible only by the exchange. Three formats, each under a subkey of
-its own derived from the recipient's key of that version (``recipient_token.derive_key``), by
-HKDF-SHA256 with no salt, that 64-byte key as input and the info
+A record id, a person id, an encounter, claim or result id, or a cursor that two recipients both
+received would let them join their extracts (and so map one's patient tokens to the other's)
+without the exchange. Each recipient therefore gets its own encoding of each, deterministic for
+(recipient, key version, value) and reversible only by the exchange. Four formats, each under a
+subkey of its own derived from the recipient's key of that version
+(``recipient_token.derive_key``), by HKDF-SHA256 with no salt, that 64-byte key as input and the
+info
 
-    b"exchange-stream/scoped-id/v1" 0x00 <purpose: b"record" | b"item" | b"cursor">
+    b"exchange-stream/scoped-id/v1" 0x00 <purpose: b"record" | b"person" | b"item" | b"cursor">
 
 so no output of one purpose relates to another's, nor to the recipient's patient tokens.
 
@@ -21,6 +23,16 @@ first 32 bytes of the ``record`` subkey, and T the first 4 bytes of AES-256 of C
 and an altered one. C alone would open any 16 bytes to some UUID; T makes opening say no. A page
 of ids is two cipher calls (AES-ECB over independent blocks is exactly one block cipher call per
 block, with no chaining to leak equal blocks: every UUID is distinct), not one per id.
+
+Person ids (``persons.person_id``, a bigint: the person that linked records belong to), 36
+characters too, the same construction under the ``person`` subkey:
+
+    rp1.<base64url, no padding, of 24 bytes: version (4, big-endian) | C (16) | T (4)>
+
+where the permuted block is the person id as 16 bytes, big-endian (the first 8 always zero: a
+person id is from 1 to 2**63 - 1, and a block that opens to anything else is refused). A person
+id relates to nothing else a recipient holds: not to its record ids (another subkey), nor to its
+patient tokens.
 
 Item ids (``encounterId``, ``claimId``, ``resultId``: any partner string):
 
@@ -61,6 +73,7 @@ from binascii import b2a_base64
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -80,12 +93,16 @@ __all__ = [
     "ITEM_FORMAT",
     "ITEM_KINDS",
     "MAX_CURSOR_BYTES",
+    "MAX_PERSON_ID",
+    "PERSON_FORMAT",
+    "PERSON_ID_LENGTH",
     "RECORD_FORMAT",
     "RECORD_ID_LENGTH",
     "ScopedIds",
 ]
 
 RECORD_FORMAT = "rr1"
+PERSON_FORMAT = "rp1"
 ITEM_FORMAT = "ri1"
 CURSOR_FORMAT = "rc1"
 HKDF_PURPOSE = b"exchange-stream/scoped-id/v1"
@@ -97,6 +114,10 @@ _TAG_BYTES = 4
 _RECORD_RAW = 4 + 16 + _TAG_BYTES  # 24 bytes: 32 base64 characters with every bit used
 RECORD_ID_LENGTH = len(RECORD_FORMAT) + 1 + _RECORD_RAW * 4 // 3
 _RECORD_ID = re.compile(rf"{RECORD_FORMAT}\.([A-Za-z0-9_-]{{32}})")
+PERSON_ID_LENGTH = len(PERSON_FORMAT) + 1 + _RECORD_RAW * 4 // 3
+_PERSON_ID = re.compile(rf"{PERSON_FORMAT}\.([A-Za-z0-9_-]{{32}})")
+# A person id is a positive bigint (persons.person_id, an identity column).
+MAX_PERSON_ID = 2**63 - 1
 _B64 = r"[A-Za-z0-9_-]"
 _LABELLED = re.compile(
     rf"(r[ic]1)\.({RECIPIENT_ID_PATTERN})\.([1-9][0-9]{{0,8}})\.({_B64}{{22,1408}})"
@@ -105,8 +126,9 @@ _CACHE_SIZE = 4096
 
 
 def _ecb(key: bytes) -> Cipher[modes.ECB]:
-    # ECB is right here, and only here: each block is one independent UUID, a pseudorandom
-    # permutation of it is the whole point, and no two blocks of a page are equal.
+    # ECB is right here, and only here: each block is one independent id, a pseudorandom
+    # permutation of it is the whole point, and two equal blocks of a page are the same id
+    # (which gives the same output anyway: the format is deterministic by design).
     return Cipher(algorithms.AES(key), modes.ECB())  # noqa: S305
 
 
@@ -116,23 +138,35 @@ def _subkey(key: bytes, purpose: bytes) -> bytes:
 
 
 @dataclass(frozen=True)
+class _Permuted:
+    """The two ciphers of a permuted 16-byte format (record ids, person ids): the permutation
+    under the subkey's first 32 bytes, the check under its last 32."""
+
+    permutation: Cipher[modes.ECB]
+    check: Cipher[modes.ECB]
+
+
+def _permuted(subkey: bytes) -> _Permuted:
+    return _Permuted(permutation=_ecb(subkey[:32]), check=_ecb(subkey[32:]))
+
+
+@dataclass(frozen=True)
 class _Keys:
     """One (recipient, version)'s ciphers, prefixes and associated data."""
 
     version_bytes: bytes
-    permutation: Cipher[modes.ECB]
-    check: Cipher[modes.ECB]
+    record: _Permuted
+    person: _Permuted
     items: dict[str, AESSIV]  # per kind
     cursor: AESSIV
     label: str  # "<recipient>.<version>."
 
 
 def _keys(key: bytes, recipient: str, version: int) -> _Keys:
-    record = _subkey(key, b"record")
     return _Keys(
         version_bytes=version.to_bytes(4, "big"),
-        permutation=_ecb(record[:32]),
-        check=_ecb(record[32:]),
+        record=_permuted(_subkey(key, b"record")),
+        person=_permuted(_subkey(key, b"person")),
         items={k: AESSIV(_subkey(key, b"item\x00" + k.encode("ascii"))) for k in ITEM_KINDS},
         cursor=AESSIV(_subkey(key, b"cursor")),
         label=f"{recipient}.{version}.",
@@ -171,6 +205,33 @@ def _uuid_bytes(value: uuid.UUID | str) -> bytes:
     return value.bytes if isinstance(value, uuid.UUID) else uuid.UUID(value).bytes
 
 
+def _person_bytes(value: int) -> bytes:
+    if type(value) is not int or not 1 <= value <= MAX_PERSON_ID:
+        raise ValueError(f"a person id is an integer from 1 to {MAX_PERSON_ID}")
+    return value.to_bytes(16, "big")
+
+
+def _person_of(block: bytes) -> int | None:
+    value = int.from_bytes(block, "big")
+    return value if 1 <= value <= MAX_PERSON_ID else None
+
+
+def _seal_blocks(fmt: str, ciphers: _Permuted, version_bytes: bytes, plain: bytes) -> list[str]:
+    """``<fmt>.<base64url of version | C | T>`` for each 16-byte block of ``plain``, in two
+    cipher calls for the whole page."""
+    blocks = ciphers.permutation.encryptor().update(plain)
+    checks = ciphers.check.encryptor().update(blocks)
+    raw = b"".join(
+        [
+            version_bytes + blocks[o : o + 16] + checks[o : o + _TAG_BYTES]
+            for o in range(0, len(blocks), 16)
+        ]
+    )
+    # 24 bytes are 32 base64 characters exactly, so one encoding of the page cuts into ids.
+    text = urlsafe_b64encode(raw).decode("ascii")
+    return [f"{fmt}.{text[o : o + 32]}" for o in range(0, len(text), 32)]
+
+
 class ScopedIds:
     """Encode and open recipients' record ids, item ids and cursors under one secret."""
 
@@ -194,53 +255,80 @@ class ScopedIds:
             return self._entry(recipient, version)
         return self._decoy
 
-    # Record ids --------------------------------------------------------------------------
+    # Record ids and person ids ---------------------------------------------------------
 
     def record_ids(self, ids: Sequence[uuid.UUID | str], recipient: str, version: int) -> list[str]:
         """The recipient's record id for each UUID of ``ids``, in order, in two cipher calls."""
         if not ids:
             return []
         keys = self._entry(recipient, validate_version(version))
-        blocks = keys.permutation.encryptor().update(b"".join(_uuid_bytes(i) for i in ids))
-        checks = keys.check.encryptor().update(blocks)
-        v = keys.version_bytes
-        raw = b"".join(
-            [v + blocks[o : o + 16] + checks[o : o + _TAG_BYTES] for o in range(0, len(blocks), 16)]
-        )
-        # 24 bytes are 32 base64 characters exactly, so one encoding of the page cuts into ids.
-        text = urlsafe_b64encode(raw).decode("ascii")
-        return [f"{RECORD_FORMAT}.{text[o : o + 32]}" for o in range(0, len(text), 32)]
+        plain = b"".join(_uuid_bytes(i) for i in ids)
+        return _seal_blocks(RECORD_FORMAT, keys.record, keys.version_bytes, plain)
 
     def open_record_ids(
         self, texts: Iterable[object], recipient: str, versions: Collection[int]
     ) -> list[uuid.UUID | None]:
         """The UUID behind each of the recipient's record ids, or None for each refused."""
+        blocks = self._open_blocks(texts, _RECORD_ID, "record", recipient, versions)
+        return [None if b is None else uuid.UUID(bytes=b) for b in blocks]
+
+    def open_record_id(
+        self, text: object, recipient: str, versions: Collection[int]
+    ) -> uuid.UUID | None:
+        return self.open_record_ids([text], recipient, versions)[0]
+
+    def person_ids(self, ids: Sequence[int], recipient: str, version: int) -> list[str]:
+        """The recipient's person id (``rp1.…``) for each person id of ``ids``, in order, in two
+        cipher calls for the page."""
+        if not ids:
+            return []
+        keys = self._entry(recipient, validate_version(version))
+        plain = b"".join(_person_bytes(i) for i in ids)
+        return _seal_blocks(PERSON_FORMAT, keys.person, keys.version_bytes, plain)
+
+    def open_person_ids(
+        self, texts: Iterable[object], recipient: str, versions: Collection[int]
+    ) -> list[int | None]:
+        """The person id behind each of the recipient's person ids, or None for each refused."""
+        blocks = self._open_blocks(texts, _PERSON_ID, "person", recipient, versions)
+        return [None if b is None else _person_of(b) for b in blocks]
+
+    def open_person_id(self, text: object, recipient: str, versions: Collection[int]) -> int | None:
+        return self.open_person_ids([text], recipient, versions)[0]
+
+    def _open_blocks(
+        self,
+        texts: Iterable[object],
+        pattern: re.Pattern[str],
+        purpose: Literal["record", "person"],
+        recipient: str,
+        versions: Collection[int],
+    ) -> list[bytes | None]:
+        """The 16-byte block behind each permuted id of ``pattern`` (``purpose`` names the
+        subkey: ``record`` or ``person``), or None for each refused; a version that is not
+        resolvable still runs both ciphers, under the decoy keys."""
         texts = list(texts)
-        opened: list[uuid.UUID | None] = [None] * len(texts)
+        opened: list[bytes | None] = [None] * len(texts)
         groups: dict[int, list[tuple[int, bytes]]] = {}
         for i, text in enumerate(texts):
-            match = _RECORD_ID.fullmatch(text) if isinstance(text, str) else None
+            match = pattern.fullmatch(text) if isinstance(text, str) else None
             if match is None:
                 continue
             raw = urlsafe_b64decode(match[1])
             groups.setdefault(int.from_bytes(raw[:4], "big"), []).append((i, raw))
         for version, items in groups.items():
             keys = self._resolvable(recipient, version, versions)
+            ciphers = keys.record if purpose == "record" else keys.person
             blocks = b"".join(raw[4:20] for _, raw in items)
-            checks = keys.check.encryptor().update(blocks)
-            plain = keys.permutation.decryptor().update(blocks)
+            checks = ciphers.check.encryptor().update(blocks)
+            plain = ciphers.permutation.decryptor().update(blocks)
             if keys is self._decoy:
                 continue
             for n, (i, raw) in enumerate(items):
                 o = 16 * n
                 if hmac.compare_digest(checks[o : o + _TAG_BYTES], raw[20:]):
-                    opened[i] = uuid.UUID(bytes=plain[o : o + 16])
+                    opened[i] = plain[o : o + 16]
         return opened
-
-    def open_record_id(
-        self, text: object, recipient: str, versions: Collection[int]
-    ) -> uuid.UUID | None:
-        return self.open_record_ids([text], recipient, versions)[0]
 
     # Item ids ----------------------------------------------------------------------------
 

@@ -3,23 +3,30 @@
 Schema first: the executable schema is built from that file with graphql-core (no second
 definition in code), and resolvers are attached to its fields by name. Every ``patientToken``
 in and out is the caller's recipient token, and every identifier that could join two
-recipients' extracts (``recordId``, ``encounterId``, ``claimId``, ``resultId``, cursors) is the
-caller's own (``read/tokens.py``); the master token and the exchange's ids never leave.
+recipients' extracts (``recordId``, ``personToken``, ``encounterId``, ``claimId``,
+``resultId``, cursors) is the caller's own (``read/tokens.py``); the master token, the
+exchange's record and person ids and the match tokens never leave.
 
 ``records`` is a feed in commit order: canonical rows by ``(insert_xid, record_id)``, read only
 below the oldest transaction still running (``sql/queries/read.sql``), so a cursor never passes
-a row whose transaction has yet to commit. The per-patient lists stay in receipt order.
+a row whose transaction has yet to commit. The per-patient lists and a person's records
+(``person(personToken) { records }``: the records the normalizer linked to one person, across
+sources) stay in receipt order. A person token names the person a record was linked to when it
+was issued; after a merge it resolves to the person that one became (``persons.merged_into``).
 
-Cost is bounded before anything runs: a document is parsed and validated once per distinct
-text (cached), then checked for depth, for root fields (at most ``MAX_ROOT_FIELDS``, aliases and
-fragments counted) and for complexity (each field costs 1, a list's children cost once per item
-it may return; a variable ``first`` counts as 500), and ``first`` must be 1 to 500. Each list is
-one SQL statement over one index range, and a page's tokens and identifiers are issued together
-(one call per kind of identifier), so a page of 500 records costs one statement (plus, at most
-once per ``RECIPIENT_CACHE_TTL_S``, one for the recipient's keys), never one per item. The
-credential's record kinds (``Principal.kinds``) are a condition of every statement. Errors
-follow the GraphQL response format; a message is ours (``ReadError``) or ``internal error``,
-never an exception's text.
+Cost is bounded before anything runs: a document is parsed and validated once per distinct text
+(cached), then checked for depth, for root fields (at most ``MAX_ROOT_FIELDS``, aliases and
+fragments counted; as many lists of a person's records, each a statement) and for complexity (each
+field costs 1, a list's children cost once per item it may return; a variable ``first`` counts as
+500), and ``first`` must be 1 to 500. Each list is one SQL statement over one index range, and a
+page's tokens and identifiers are issued together (one call per kind of identifier), so a page of
+500 records costs one statement (plus, at most once per ``RECIPIENT_CACHE_TTL_S``, one for the
+recipient's keys), never one per item; a ``personToken`` costs one more statement for the page's
+persons, and only when selected. The credential's record kinds (``Principal.kinds``) are a
+condition of every statement. A document that selects a person's records is executed by
+graphql-core (that field's resolver is a coroutine, which a compiled plan does not call); every
+other plain query runs its plan (``read/plan.py``). Errors follow the GraphQL response format; a
+message is ours (``ReadError``) or ``internal error``, never an exception's text.
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ from exchange_stream.core.scoped_ids import ITEM_KINDS
 from exchange_stream.core.timefmt import rfc3339
 from exchange_stream.infra.contracts import CONTRACTS_DIR
 from exchange_stream.infra.sql import q
-from exchange_stream.read.plan import Fallback, Plan, compile_plan, run_plan
+from exchange_stream.read.plan import Fallback, Plan, Selected, compile_plan, run_plan
 from exchange_stream.read.tokens import RecipientTokenService, RecipientUnavailable
 
 log = logging.getLogger(__name__)
@@ -66,7 +73,8 @@ MAX_PAGE = 500
 # Deep enough for the standard introspection query (15 levels); the schema itself is shallow.
 MAX_DEPTH = 15
 MAX_COST = 50_000
-# Root fields (aliases included) per operation: each is at least one statement.
+# Root fields (aliases included) per operation: each is at least one statement. The same bound
+# holds for a person's record lists (``person { records }``), one statement each.
 MAX_ROOT_FIELDS = 10
 _DOCUMENT_CACHE = 512
 _EPOCH = datetime.fromisoformat("0001-01-01T00:00:00+00:00")
@@ -94,6 +102,7 @@ def executable_schema(path: Path = SCHEMA_PATH) -> GraphQLSchema:
     assert query is not None  # noqa: S101  (the contract file declares it; a test checks)
     for name, resolver in _ROOT_RESOLVERS.items():
         query.fields[name].resolve = resolver
+    schema.type_map["Person"].fields["records"].resolve = _person_records  # type: ignore[attr-defined]
     value = schema.type_map["LabValue"]
     value.resolve_type = _lab_value_type  # type: ignore[attr-defined]
     # graphql-core 3.3 coerces variables with coerce_input_value and literals with
@@ -136,6 +145,7 @@ class Request:
     kinds: frozenset[str] | None = None
     statements: int = 0
     issued: dict[str, str] = field(default_factory=dict)
+    persons_issued: dict[int, str] = field(default_factory=dict)
 
     @property
     def kinds_arg(self) -> list[str] | None:
@@ -153,6 +163,10 @@ class Request:
         self.statements += 1
         return await self.pool.fetchval(q(name), *args)
 
+    async def fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
+        self.statements += 1
+        return await self.pool.fetchrow(q(name), *args)
+
     async def master_of(self, token: object) -> str | None:
         return await self.tokens.resolve(self.recipient, token)
 
@@ -163,6 +177,29 @@ class Request:
             issued = await self.tokens.issue_many(self.recipient, wanted)
             self.issued.update(zip(wanted, issued, strict=False))
         return [self.issued.get(m, "") for m in masters]
+
+    async def person_of(self, token: object) -> int | None:
+        """The person id behind one of the caller's person tokens; None for anything else."""
+        return await self.tokens.open_person_id(self.recipient, token)
+
+    async def person_tokens(self, persons: list[int]) -> list[str]:
+        """The caller's person tokens for ``persons``, in order (one call for a page)."""
+        wanted = [p for p in dict.fromkeys(persons) if p not in self.persons_issued]
+        if wanted:
+            issued = _complete(await self.tokens.person_ids(self.recipient, wanted), wanted)
+            self.persons_issued.update(zip(wanted, issued, strict=True))
+        return [self.persons_issued[p] for p in persons]
+
+    async def record_person_tokens(self, ids: list[uuid.UUID]) -> list[str | None]:
+        """The caller's person token of each record of ``ids``, in order: one statement for the
+        page's persons (as they are now, merges followed), one call to issue their tokens; None
+        for a record that is linked to no person."""
+        rows = await self.fetch("read_record_persons", ids)
+        person_of = {r["record_id"]: r["person_id"] for r in rows}
+        persons = [person_of.get(i) for i in ids]
+        linked = [p for p in persons if p is not None]
+        tokens = iter(await self.person_tokens(linked) if linked else [])
+        return [None if p is None else next(tokens) for p in persons]
 
     async def record_ids(self, ids: list[uuid.UUID]) -> list[str]:
         """The caller's record ids for a page's ``ids``, in order (one call)."""
@@ -203,10 +240,12 @@ def _complete(issued: list[str], asked: list[Any]) -> list[str]:
 # Cursors: positions, as payloads the caller's cursors seal -----------------------------------
 
 # A feed position: b"F", insert_xid (8 bytes), record_id (16). A position in a patient's list:
-# the kind's tag, ingested_at (microseconds since 1970, 8 bytes, signed), record_id (16). Only
-# positions: no patient data. A cursor of one list does not open as another's.
+# the kind's tag, ingested_at (microseconds since 1970, 8 bytes, signed), record_id (16); in a
+# person's records, the same after b"P". Only positions: no patient or person data. A cursor of
+# one list does not open as another's.
 _FEED_TAG = b"F"
 _LIST_TAGS = {"encounter": b"E", "claim": b"C", "lab_result": b"L"}
+_PERSON_TAG = b"P"
 _PAYLOAD_BYTES = 25
 
 Position = tuple[datetime, uuid.UUID]
@@ -218,9 +257,17 @@ def feed_payload(xid: int, record_id: uuid.UUID) -> bytes:
     return _FEED_TAG + xid.to_bytes(8, "big") + record_id.bytes
 
 
-def list_payload(kind: str, ingested_at: datetime, record_id: uuid.UUID) -> bytes:
+def _receipt_payload(tag: bytes, ingested_at: datetime, record_id: uuid.UUID) -> bytes:
     micros = (ingested_at - _UNIX) // _MICROSECOND
-    return _LIST_TAGS[kind] + micros.to_bytes(8, "big", signed=True) + record_id.bytes
+    return tag + micros.to_bytes(8, "big", signed=True) + record_id.bytes
+
+
+def list_payload(kind: str, ingested_at: datetime, record_id: uuid.UUID) -> bytes:
+    return _receipt_payload(_LIST_TAGS[kind], ingested_at, record_id)
+
+
+def person_payload(ingested_at: datetime, record_id: uuid.UUID) -> bytes:
+    return _receipt_payload(_PERSON_TAG, ingested_at, record_id)
 
 
 def feed_position(payload: bytes | None) -> FeedPosition:
@@ -232,9 +279,17 @@ def feed_position(payload: bytes | None) -> FeedPosition:
 
 
 def list_position(kind: str, payload: bytes | None) -> Position:
+    return _receipt_position(_LIST_TAGS[kind], payload)
+
+
+def person_position(payload: bytes | None) -> Position:
+    return _receipt_position(_PERSON_TAG, payload)
+
+
+def _receipt_position(tag: bytes, payload: bytes | None) -> Position:
     if payload is None:
         return _EPOCH, _NIL
-    if len(payload) != _PAYLOAD_BYTES or payload[:1] != _LIST_TAGS[kind]:
+    if len(payload) != _PAYLOAD_BYTES or payload[:1] != tag:
         raise ReadError("invalid cursor")
     try:
         moment = _UNIX + int.from_bytes(payload[1:9], "big", signed=True) * _MICROSECOND
@@ -344,16 +399,75 @@ def _lab_value_type(value: dict[str, Any], *_: Any) -> str:
     return "QualitativeResult"
 
 
-# Root resolvers ----------------------------------------------------------------------------
+# Resolvers: the root fields, and a person's records -----------------------------------------
 
 
 async def _patient(_: None, info: graphql.GraphQLResolveInfo, patientToken: str) -> Any:
     req: Request = info.context
     master = await req.master_of(patientToken)
-    if master is None or not await req.fetchval("read_patient_exists", master, req.kinds_arg):
+    if master is None:
+        return None
+    if "personToken" not in _selected(info):
+        if not await req.fetchval("read_patient_exists", master, req.kinds_arg):
+            return None
+        (token,) = await req.tokens_for([master])
+        return {"patientToken": token, "dob": None}
+    # The same question and the patient's person, in one statement.
+    row = await req.fetchrow("read_patient_person", master, req.kinds_arg)
+    if row is None or not row["found"]:
         return None
     (token,) = await req.tokens_for([master])
-    return {"patientToken": token, "dob": None}
+    person = row["person_id"]
+    person_token = None if person is None else (await req.person_tokens([person]))[0]
+    return {"patientToken": token, "dob": None, "personToken": person_token}
+
+
+# The person id behind a resolved ``Person`` (internal: no schema field reads it).
+_PERSON_ID = "_person_id"
+
+
+async def _person(_: None, info: graphql.GraphQLResolveInfo, personToken: str) -> Any:
+    req: Request = info.context
+    opened = await req.person_of(personToken)
+    if opened is None:
+        return None
+    # The person it is now (a merged person's survivor), if it has a record the caller may read.
+    person = await req.fetchval("read_person", opened, req.kinds_arg)
+    if person is None:
+        return None
+    (token,) = await req.person_tokens([person])
+    return {"personToken": token, _PERSON_ID: person}
+
+
+async def _person_records(
+    person: dict[str, Any],
+    info: graphql.GraphQLResolveInfo,
+    kind: str | None = None,
+    first: int = 100,
+    after: str | None = None,
+) -> dict[str, Any]:
+    """``Person.records``: the person's records in receipt order, shaped as the feed shapes
+    them, one statement a page. graphql-core runs it (``_needs_executor``)."""
+    req: Request = info.context
+    limit = _page_size(first)
+    if kind is not None and kind not in _KINDS:
+        raise ReadError("kind must be encounter, claim or lab_result")
+    since = person_position(await req.open(after))
+    rows: list[asyncpg.Record] = []
+    readable = (kind is None or req.may_read(kind)) and (req.kinds is None or bool(req.kinds))
+    if readable:
+        rows = await req.fetch(
+            "read_person_records", person[_PERSON_ID], *since, limit + 1, req.kinds_arg, kind
+        )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    wanted = _selected(info)
+    # Every record of the page is this person's: its token, without a statement.
+    items = await _feed_items(req, rows, wanted, person_token=person["personToken"])
+    last = (rows[-1]["ingested_at"], rows[-1]["record_id"]) if rows else since
+    cursors = [person_payload(*last)] if wanted & {"nextCursor", "resumeCursor"} else []
+    (resume,) = await req.seal(cursors) if cursors else (None,)
+    return {"items": items, "nextCursor": resume if more else None, "resumeCursor": resume}
 
 
 def _per_patient(kind: str) -> Callable[..., Any]:
@@ -445,16 +559,27 @@ async def _records(
 
 
 async def _feed_items(
-    req: Request, rows: list[asyncpg.Record], wanted: frozenset[str]
+    req: Request,
+    rows: list[asyncpg.Record],
+    wanted: frozenset[str],
+    *,
+    person_token: str | None = None,
 ) -> list[dict[str, Any]]:
     """A feed page's records in the schema's shape: identifiers issued per page (one call per
-    kind of identifier), and each field that costs something computed only when selected."""
+    kind of identifier), and each field that costs something computed only when selected.
+    ``person_token``: the page's records are all of this person (``Person.records``)."""
     n = len(rows)
     normalized = [r["normalized"] for r in rows]
     tokens = await req.tokens_for([doc.get("patient_token") or "" for doc in normalized])
     record_ids = (
         await req.record_ids([r["record_id"] for r in rows]) if "recordId" in wanted else []
     )
+    persons: list[str | None] = []
+    if "personToken" in wanted and rows:
+        if person_token is not None:
+            persons = [person_token] * n
+        else:
+            persons = await req.record_person_tokens([r["record_id"] for r in rows])
     kinds = [r["record_kind"] for r in rows]
     # Each row's kind object, when it has one of a kind the schema knows.
     objects: list[dict[str, Any] | None] = []
@@ -488,6 +613,7 @@ async def _feed_items(
         item: dict[str, Any] = {
             "recordId": record_ids[i] if record_ids else None,
             "patientToken": token,
+            "personToken": persons[i] if persons else None,
             "kind": kind,
             "source": r["source"],
             "schemaHint": r["schema_hint"],
@@ -508,6 +634,7 @@ async def _feed_items(
 
 _ROOT_RESOLVERS: dict[str, Callable[..., Any]] = {
     "patient": _patient,
+    "person": _person,
     "encounters": _per_patient("encounter"),
     "claims": _per_patient("claim"),
     "labResults": _per_patient("lab_result"),
@@ -550,6 +677,8 @@ class Documents:
             if not errors:
                 errors = _bounds(document)
             plan = None if errors else compile_plan(self.schema, document)
+            if plan is not None and _needs_executor(plan.roots):
+                plan = None
             prepared = Prepared(None if errors else document, tuple(errors), plan)
         self._cache[text] = prepared
         if len(self._cache) > self.size:
@@ -557,8 +686,24 @@ class Documents:
         return prepared
 
 
+def _needs_executor(selected: tuple[Selected, ...]) -> bool:
+    """Whether a plan reaches a field with a resolver of its own that is a coroutine function
+    (``Person.records``, one statement a page): a plan calls field resolvers synchronously, so
+    graphql-core answers such documents in full."""
+    for sel in selected:
+        if sel.resolve is not None and inspect.iscoroutinefunction(sel.resolve):
+            return True
+        shape = sel.shape
+        while shape.item is not None:
+            shape = shape.item
+        if shape.fields is not None and _needs_executor(shape.fields):
+            return True
+    return False
+
+
 def _bounds(document: DocumentNode) -> list[GraphQLError]:
-    """Depth, root fields and complexity of each operation, counted over fragments too."""
+    """Depth, root fields (and a person's record lists) and complexity of each operation,
+    counted over fragments too."""
     fragments = {
         d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
     }
@@ -569,6 +714,13 @@ def _bounds(document: DocumentNode) -> list[GraphQLError]:
         if _root_fields(op.selection_set, fragments) > MAX_ROOT_FIELDS:
             errors.append(
                 GraphQLError(f"query has more than {MAX_ROOT_FIELDS} root fields (aliases count)")
+            )
+            continue
+        if _person_lists(op.selection_set, fragments) > MAX_ROOT_FIELDS:
+            errors.append(
+                GraphQLError(
+                    f"query has more than {MAX_ROOT_FIELDS} lists of person records (aliases count)"
+                )
             )
             continue
         depth, cost = _measure(op.selection_set, fragments, 1)
@@ -597,35 +749,106 @@ def _root_fields(selections: SelectionSetNode, fragments: dict[str, FragmentDefi
     return count
 
 
+def _fields_named(
+    selections: SelectionSetNode | None, fragments: dict[str, FragmentDefinitionNode], name: str
+) -> list[FieldNode]:
+    """The fields called ``name`` that one selection set selects, through inline fragments and
+    fragment spreads, up to one more than ``MAX_ROOT_FIELDS``; only for an operation's root
+    (which ``_root_fields`` has already bounded)."""
+    found: list[FieldNode] = []
+    pending = [selections]
+    while pending and len(found) <= MAX_ROOT_FIELDS:
+        current = pending.pop()
+        if current is None:
+            continue
+        for node in current.selections:
+            if isinstance(node, FieldNode):
+                if node.name.value == name:
+                    found.append(node)
+            elif isinstance(node, InlineFragmentNode):
+                pending.append(node.selection_set)
+            elif isinstance(node, FragmentSpreadNode):
+                fragment = fragments.get(node.name.value)
+                pending.append(fragment.selection_set if fragment is not None else None)
+    return found
+
+
+def _count_named(
+    selections: SelectionSetNode | None,
+    fragments: dict[str, FragmentDefinitionNode],
+    name: str,
+    spread: dict[str, int],
+) -> int:
+    """How many fields called ``name`` one selection set selects, through inline fragments and
+    fragment spreads (each spread as often as it is spread, each fragment counted once:
+    ``spread``; validation has already refused fragment cycles)."""
+    count = 0
+    for node in selections.selections if selections is not None else ():
+        if isinstance(node, FieldNode):
+            count += node.name.value == name
+        elif isinstance(node, InlineFragmentNode):
+            count += _count_named(node.selection_set, fragments, name, spread)
+        elif isinstance(node, FragmentSpreadNode):
+            key = node.name.value
+            if key not in spread:
+                fragment = fragments.get(key)
+                selection = fragment.selection_set if fragment is not None else None
+                spread[key] = _count_named(selection, fragments, name, spread)
+            count += spread[key]
+    return count
+
+
+def _person_lists(
+    selections: SelectionSetNode, fragments: dict[str, FragmentDefinitionNode]
+) -> int:
+    """How many ``records`` lists an operation selects below its ``person`` fields."""
+    spread: dict[str, int] = {}
+    return sum(
+        _count_named(person.selection_set, fragments, "records", spread)
+        for person in _fields_named(selections, fragments, "person")
+    )
+
+
 def _measure(
     selections: SelectionSetNode | None,
     fragments: dict[str, FragmentDefinitionNode],
     level: int,
+    spread: dict[tuple[str, int], tuple[int, int]] | None = None,
 ) -> tuple[int, int]:
+    """(depth, cost) of a selection set at ``level``. A fragment is measured once per level it
+    is spread at (``spread``): a chain of fragments that each spread the next twice is walked
+    in linear time, not in time exponential in its length."""
     if selections is None:
         return level - 1, 0
+    spread = {} if spread is None else spread
     depth, cost = level, 0
     for node in selections.selections:
         if isinstance(node, FieldNode):
-            child_depth, child_cost = _measure(node.selection_set, fragments, level + 1)
+            child_depth, child_cost = _measure(node.selection_set, fragments, level + 1, spread)
             if node.name.value in _PAGED:
                 child_cost *= _first_of(node)
             depth, cost = max(depth, child_depth), cost + 1 + child_cost
         elif isinstance(node, InlineFragmentNode):
-            child_depth, child_cost = _measure(node.selection_set, fragments, level)
+            child_depth, child_cost = _measure(node.selection_set, fragments, level, spread)
             depth, cost = max(depth, child_depth), cost + child_cost
         elif isinstance(node, FragmentSpreadNode):
-            fragment = fragments.get(node.name.value)
-            if fragment is not None:
-                child_depth, child_cost = _measure(fragment.selection_set, fragments, level)
-                depth, cost = max(depth, child_depth), cost + child_cost
+            key = (node.name.value, level)
+            if key not in spread:
+                fragment = fragments.get(node.name.value)
+                spread[key] = (
+                    _measure(fragment.selection_set, fragments, level, spread)
+                    if fragment is not None
+                    else (level, 0)
+                )
+            child_depth, child_cost = spread[key]
+            depth, cost = max(depth, child_depth), cost + child_cost
     return depth, cost
 
 
 def _first_of(node: FieldNode) -> int:
     """The page size a list field may return: a literal ``first``, the largest page for a
     variable (the caller chooses it after validation), else the field's default."""
-    for arg in node.arguments:
+    for arg in node.arguments or ():  # None when the field has no arguments at all
         if arg.name.value == "first":
             if isinstance(arg.value, graphql.IntValueNode):
                 return max(1, min(int(arg.value.value), MAX_PAGE))

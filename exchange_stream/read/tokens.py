@@ -1,11 +1,11 @@
 """Issuing and resolving recipients' tokens and scoped ids, with the recipient's keys cached.
 
 The one place that turns master patient tokens into a recipient's tokens and back, and record
-ids, item ids and cursors into the recipient's own (``core/scoped_ids.py``). A recipient's status
-and resolvable key versions come from Postgres once, then stay cached until a notification says
-the recipient changed (or, as a backstop, ``RECIPIENT_CACHE_TTL_S`` passes): a page of 500 tokens
-costs no round trip, and a revocation, rotation or retirement reaches every worker at once. The
-cryptography is ``core/recipient_token.py`` and ``core/scoped_ids.py``.
+ids, person ids, item ids and cursors into the recipient's own (``core/scoped_ids.py``). A
+recipient's status and resolvable key versions come from Postgres once, then stay cached until a
+notification says the recipient changed (or, as a backstop, ``RECIPIENT_CACHE_TTL_S`` passes):
+a page of 500 tokens costs no round trip, and a revocation, rotation or retirement reaches every
+worker at once. The cryptography is ``core/recipient_token.py`` and ``core/scoped_ids.py``.
 
 Resolving never says why a token does not resolve: another recipient's token, a retired
 version, a revoked recipient, a forged or altered token, garbage — all are ``None``.
@@ -263,6 +263,19 @@ class RecipientTokenService(mode.Service):
         """The record id behind one of the recipient's record ids; None if it is not one."""
         versions = await self._resolvable(recipient)
         return self._ids.open_record_id(text, recipient, versions)
+
+    async def person_ids(self, recipient: str, ids: Sequence[int]) -> list[str]:
+        """The recipient's person id (``rp1.…``) for each person id of ``ids``, in order, under
+        its current key version; an empty list for a recipient that is unknown or revoked."""
+        version = await self._current(recipient)
+        if version is None:
+            return []
+        return self._ids.person_ids(ids, recipient, version)
+
+    async def open_person_id(self, recipient: str, text: object) -> int | None:
+        """The person id behind one of the recipient's person ids; None if it is not one."""
+        versions = await self._resolvable(recipient)
+        return self._ids.open_person_id(text, recipient, versions)
 
     async def item_ids(self, recipient: str, kind: str, values: Sequence[str]) -> list[str]:
         """The recipient's id for each partner id of ``kind`` (encounter, claim, lab_result), in

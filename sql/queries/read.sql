@@ -1,7 +1,9 @@
 -- The read API (exchange_stream/read/graphql.py). Each list reads one index range. A patient's
 -- lists are in receipt order, (ingested_at, record_id), and continue after a cursor of that pair;
--- `records` is the feed, in commit order (below). $kinds (text[]) is what the caller's credential
--- may read, NULL for every kind: a record of another kind is never read.
+-- `records` is the feed, in commit order (below); a person's records (migration 0015) are in
+-- receipt order too. $kinds (text[]) is what the caller's credential may read, NULL for every
+-- kind: a record of another kind is never read. A person id is followed to the person it was
+-- merged into, coalesce(merged_into, person_id): one step, as merged_into never chains.
 
 -- name: read_patient_exists
 -- $1 master token, $2 kinds or null
@@ -19,6 +21,66 @@ WHERE normalized ->> 'patient_token' = $1 AND record_kind = $2
   AND (ingested_at, record_id) > ($3, $4) AND ($6::text[] IS NULL OR $2 = ANY($6))
 ORDER BY ingested_at, record_id
 LIMIT $5
+
+-- name: read_patient_person
+-- read_patient_exists, and the patient's person: the person its records (of the caller's kinds)
+-- are linked to, the oldest if they are linked to several; NULL if none is linked. Both on
+-- canonical_records_patient_idx, each record's person by the primary keys.
+-- $1 master token, $2 kinds or null
+SELECT EXISTS (
+    SELECT 1 FROM canonical_records
+    WHERE normalized ->> 'patient_token' = $1 AND ($2::text[] IS NULL OR record_kind = ANY($2))
+) AS found, (
+    SELECT min(coalesce(p.merged_into, p.person_id))
+    FROM canonical_records c
+    JOIN record_persons rp ON rp.record_id = c.record_id
+    JOIN persons p ON p.person_id = rp.person_id
+    WHERE c.normalized ->> 'patient_token' = $1
+      AND ($2::text[] IS NULL OR c.record_kind = ANY($2))
+) AS person_id
+
+-- name: read_record_persons
+-- The person of each record of a page (Record.personToken), by the primary keys of
+-- record_persons and persons; a record linked to no person has no row. The person is a scalar
+-- subquery, not a join: a join of a 500-record page chose a hash join over a sequential scan of
+-- persons (18-28 ms at 100,000 persons, against 3.3 ms for 500 primary-key lookups).
+-- $1 record ids
+SELECT rp.record_id,
+       (SELECT coalesce(p.merged_into, p.person_id) FROM persons p
+        WHERE p.person_id = rp.person_id) AS person_id
+FROM record_persons rp
+WHERE rp.record_id = ANY($1::uuid[])
+
+-- name: read_person
+-- The person a person id names now (itself, or the person it was merged into), if it holds a
+-- record the caller may read; no row otherwise. The persons primary key, then
+-- record_persons_person_idx and the canonical_records primary key until one record qualifies.
+-- $1 person id, $2 kinds or null
+SELECT s.person_id
+FROM (SELECT coalesce(merged_into, person_id) AS person_id FROM persons WHERE person_id = $1) s
+WHERE EXISTS (
+    SELECT 1 FROM record_persons rp
+    JOIN canonical_records c ON c.record_id = rp.record_id
+    WHERE rp.person_id = s.person_id AND ($2::text[] IS NULL OR c.record_kind = ANY($2))
+)
+
+-- name: read_person_records
+-- One page of a person's records, across sources, in receipt order: the person's record ids
+-- from record_persons_person_idx, each canonical row by its primary key, then sorted (the
+-- person's rows only). record_persons always names a current person, so the person is followed
+-- through merged_into here too: a merge between read_person and this statement loses no record.
+-- $1 person id, $2/$3 the cursor (ingested_at, record_id), $4 limit, $5 kinds or null,
+-- $6 kind or null
+SELECT c.record_id, c.source, c.record_kind, c.schema_hint, c.ingested_at, c.normalized_at,
+       c.normalized
+FROM record_persons rp
+JOIN canonical_records c ON c.record_id = rp.record_id
+WHERE rp.person_id = (SELECT coalesce(merged_into, person_id) FROM persons WHERE person_id = $1)
+  AND (c.ingested_at, c.record_id) > ($2, $3)
+  AND ($5::text[] IS NULL OR c.record_kind = ANY($5))
+  AND ($6::text IS NULL OR c.record_kind = $6)
+ORDER BY c.ingested_at, c.record_id
+LIMIT $4
 
 -- name: read_records
 -- The feed: canonical rows in commit order, (insert_xid, record_id), read only below the oldest

@@ -47,6 +47,16 @@ ADDED_QUERIES: dict[str, tuple[str, dict[str, str]]] = {
     "claims": ("[Claim!]!", {"patientToken": "ID!", "first": "Int", "after": "String"}),
     "labResults": ("[LabResult!]!", {"patientToken": "ID!", "first": "Int", "after": "String"}),
     "encounters": ("[Encounter!]!", {"patientToken": "ID!", "first": "Int", "after": "String"}),
+    "person": ("Person", {"personToken": "ID!"}),
+}
+
+# Persons (issue 22): a person's token on its records and patients, and its records across
+# sources, paged like the feed. (type, field) -> (field type, {argument: argument type}).
+PERSON_FIELDS: dict[tuple[str, str], tuple[str, dict[str, str]]] = {
+    ("Person", "personToken"): ("ID!", {}),
+    ("Person", "records"): ("RecordPage!", {"kind": "String", "first": "Int", "after": "String"}),
+    ("Patient", "personToken"): ("ID", {}),
+    ("Record", "personToken"): ("ID", {}),
 }
 
 # Each canonical kind object, the GraphQL type that carries it, and its fields.
@@ -100,6 +110,7 @@ SHAPED_FIELDS: dict[tuple[str, str], str] = {
 RECORD_FIELDS: dict[str, str] = {
     "recordId": "ID!",
     "patientToken": "ID!",
+    "personToken": "ID",
     "kind": "String!",
     "source": "String!",
     "schemaHint": "String!",
@@ -185,6 +196,30 @@ def test_records_page_defaults_to_100_and_has_a_nullable_cursor(schema: GraphQLS
     assert str(field(schema, "RecordPage", "items").type) == "[Record!]!"
     assert str(field(schema, "RecordPage", "nextCursor").type) == "String"
     assert str(field(schema, "RecordPage", "resumeCursor").type) == "String!"
+
+
+@pytest.mark.parametrize(("type_name", "field_name"), list(PERSON_FIELDS))
+def test_person_field_has_the_spec_signature(
+    schema: GraphQLSchema, type_name: str, field_name: str
+) -> None:
+    expected_type, expected_args = PERSON_FIELDS[(type_name, field_name)]
+    actual = field(schema, type_name, field_name)
+    assert str(actual.type) == expected_type
+    assert {name: str(arg.type) for name, arg in actual.args.items()} == expected_args
+
+
+def test_a_persons_records_page_like_the_feed(schema: GraphQLSchema) -> None:
+    assert default(field(schema, "Person", "records").args["first"]) == 100
+    assert set(object_type(schema, "Person").fields) == {"personToken", "records"}
+
+
+def test_every_person_token_is_documented_as_the_callers_own(schema: GraphQLSchema) -> None:
+    places = [
+        field(schema, type_name, "personToken").description
+        for type_name in ("Person", "Patient", "Record")
+    ]
+    places.append(field(schema, "Query", "person").args["personToken"].description)
+    assert all("caller's person token" in (d or "") for d in places), places
 
 
 def test_updated_since_is_a_date_time_scalar(schema: GraphQLSchema) -> None:
