@@ -199,7 +199,7 @@ def write_json(path: Path, payload: dict) -> None:
         raise TypeError(type(o))
 
     path.write_text(json.dumps(payload, indent=2, default=default))
-    print(f"\nwrote {path.relative_to(ROOT)}")
+    print(f"\nwrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
 def bodies() -> list[bytes]:

@@ -85,12 +85,19 @@ BEGIN
     WHERE t.owner = ANY (fresh)
     ON CONFLICT DO NOTHING;
     FOREACH r IN ARRAY fresh LOOP
+        -- Every record that shares a token is already in one person with the others that share
+        -- it (linking keeps it so), so one linked record per token is enough: the cost is one
+        -- index probe per token, however many records the person has.
         SELECT array_agg(DISTINCT coalesce(p.merged_into, p.person_id)) INTO candidates
         FROM match_tokens mine
-        JOIN match_tokens theirs
-          ON theirs.rule = mine.rule AND theirs.token = mine.token AND theirs.record_id <> r
-        JOIN record_persons rp ON rp.record_id = theirs.record_id
-        JOIN persons p ON p.person_id = rp.person_id
+        CROSS JOIN LATERAL (
+            SELECT rp.person_id
+            FROM match_tokens theirs
+            JOIN record_persons rp ON rp.record_id = theirs.record_id
+            WHERE theirs.rule = mine.rule AND theirs.token = mine.token AND theirs.record_id <> r
+            LIMIT 1
+        ) one
+        JOIN persons p ON p.person_id = one.person_id
         WHERE mine.record_id = r;
         -- Lock the candidates; any merged meanwhile is replaced by its survivor, locked next.
         LOOP
