@@ -108,6 +108,7 @@ __all__ = [
     "derive_key",
     "encode_values",
     "link",
+    "linking_rows",
     "match_tokens",
     "rule_values",
 ]
@@ -269,3 +270,20 @@ def link(
     for record_id in parent:
         persons.setdefault(find(record_id), set()).add(record_id)
     return frozenset(frozenset(members) for members in persons.values())
+
+
+def linking_rows(
+    records: Iterable[tuple[R, Mapping[str, bytes]]],
+) -> tuple[list[R], list[str], list[bytes]]:
+    """The tokens of the linking rules of ``records`` ((record id, tokens) pairs) as the three
+    parallel arrays the database's ``link_records`` takes: owner, rule, token."""
+    owners: list[R] = []
+    rules: list[str] = []
+    tokens: list[bytes] = []
+    for record_id, found in records:
+        for rule, token in found.items():
+            if rule in LINKING_RULES:
+                owners.append(record_id)
+                rules.append(rule)
+                tokens.append(token)
+    return owners, rules, tokens

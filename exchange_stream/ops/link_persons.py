@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from exchange_stream.core.formats import for_version
-from exchange_stream.core.match_tokens import LINKING_RULES, MatchKeys, match_tokens
+from exchange_stream.core.match_tokens import MatchKeys, linking_rows, match_tokens
 from exchange_stream.core.matching import match_attributes
 from exchange_stream.infra.sql import q
 from exchange_stream.infra.storage import ObjectMissing
@@ -78,20 +78,14 @@ async def run(ctx: OpsContext, params: dict[str, Any], progress: ProgressFn) -> 
         raws = await asyncio.gather(
             *(_raw(ctx, r["raw_object_key"]) for r in page), return_exceptions=False
         )
-        owners: list[uuid.UUID] = []
-        rules: list[str] = []
-        tokens: list[bytes] = []
+        found: list[tuple[uuid.UUID, dict[str, bytes]]] = []
         for row, raw in zip(page, raws, strict=True):
-            found = None if raw is None else tokens_of_raw(raw, row["event_version"], keys)
-            if not found:
+            tokens_of = None if raw is None else tokens_of_raw(raw, row["event_version"], keys)
+            if not tokens_of:
                 counts["no_identity"] += 1
                 continue
-            for rule, token in found.items():
-                if rule not in LINKING_RULES:
-                    continue
-                owners.append(row["record_id"])
-                rules.append(rule)
-                tokens.append(token)
+            found.append((row["record_id"], tokens_of))
+        owners, rules, tokens = linking_rows(found)
         ids = [r["record_id"] for r in page]
         async with checkpoint.batch() as tx:
             await tx.conn.execute(q("link_records"), ids, owners, rules, tokens)

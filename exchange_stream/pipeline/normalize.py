@@ -39,7 +39,7 @@ from exchange_stream.core.events import EVENT_TYPE, IngestedEvent
 from exchange_stream.core.formats import FORMATS, for_version
 from exchange_stream.core.identity import IdentityError, canonical_identity, token_for
 from exchange_stream.core.mappings import MAPPING_VERSION, MappingError, map_payload
-from exchange_stream.core.match_tokens import LINKING_RULES, MatchKeys, match_tokens
+from exchange_stream.core.match_tokens import MatchKeys, linking_rows, match_tokens
 from exchange_stream.core.matching import match_attributes
 from exchange_stream.core.timefmt import rfc3339
 from exchange_stream.infra import metrics
@@ -314,14 +314,10 @@ class Normalizer:
             return [None if w.row is None else w.row[name] for w in done]
 
         linked = [w for w in done if w.row is not None]
-        owners, rules, tokens = [], [], []
-        for w in linked:
-            for rule, token in w.row["match_tokens"].items():  # type: ignore[index]
-                if rule not in LINKING_RULES:
-                    continue
-                owners.append(w.record_id)
-                rules.append(rule)
-                tokens.append(token)
+        owners, rules, tokens = linking_rows(
+            (w.record_id, w.row["match_tokens"])  # type: ignore[index]
+            for w in linked
+        )
         commit = (
             q("normalize_commit_success"),
             [w.record_id for w in done],
