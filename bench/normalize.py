@@ -140,6 +140,21 @@ async def baseline(settings: Settings, topic: str, n: int, pool) -> float:
     return n / float(span)
 
 
+async def wait_drained(
+    pool, uuids: list[uuid.UUID], workdir: Path, *, poll_s: float, deadline_s: float = 600
+) -> None:
+    """Until every record of ``uuids`` has a canonical row (polled every ``poll_s``)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        done = await pool.fetchval(
+            "SELECT count(*) FROM canonical_records WHERE record_id = ANY($1)", uuids
+        )
+        if done == len(uuids):
+            return
+        await asyncio.sleep(poll_s)
+    raise RuntimeError(f"normalizer did not finish; see {workdir}/worker.log")
+
+
 async def normalizer_drain(settings: Settings, topic: str, ids: list[str], pool) -> float:
     """A worker consuming only ``topic``; returns canonical rows per second."""
     uuids = [uuid.UUID(r) for r in ids]
@@ -148,16 +163,7 @@ async def normalizer_drain(settings: Settings, topic: str, ids: list[str], pool)
             Path(tmp), KAFKA_TOPICS=topic, APP_ID=f"bench-normalize-{uuid.uuid4().hex[:6]}"
         )
         try:
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                n = await pool.fetchval(
-                    "SELECT count(*) FROM canonical_records WHERE record_id = ANY($1)", uuids
-                )
-                if n == len(ids):
-                    break
-                await asyncio.sleep(0.5)
-            else:
-                raise RuntimeError(f"normalizer did not finish; see {tmp}/worker.log")
+            await wait_drained(pool, uuids, Path(tmp), poll_s=0.5)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -189,16 +195,7 @@ async def measured_drain(
             cpu0 = tree_cpu_seconds([proc.pid])
             ids = await prefill(settings, topic, n)
             uuids = [uuid.UUID(r) for r in ids]
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                done = await pool.fetchval(
-                    "SELECT count(*) FROM canonical_records WHERE record_id = ANY($1)", uuids
-                )
-                if done == n:
-                    break
-                await asyncio.sleep(0.2)
-            else:
-                raise RuntimeError(f"normalizer did not finish; see {tmp}/worker.log")
+            await wait_drained(pool, uuids, Path(tmp), poll_s=0.2)
             cpu1 = tree_cpu_seconds([proc.pid])
         finally:
             proc.terminate()

@@ -35,6 +35,8 @@ from exchange_stream.cli.operations import (
     EXIT_TIMEOUT,
     EXIT_USAGE,
     _submit_and_follow,
+    add_output_option,
+    add_timeout_option,
     exit_code,
     output,
 )
@@ -65,19 +67,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", metavar="FILE", help="the JSON command (- for stdin)")
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=600.0,
-        metavar="S",
-        help="seconds to wait for the final result (default 600)",
-    )
-    p.add_argument(
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text (default): a readable summary; json: one JSON object on stdout",
-    )
+    add_timeout_option(p)
+    add_output_option(p)
     p.set_defaults(command=COMMAND)
 
 

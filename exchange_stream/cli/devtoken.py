@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 import asyncpg
 import orjson
 
-from exchange_stream.cli.operations import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from exchange_stream.cli.operations import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_output_option
 from exchange_stream.core.access_token import issue_access_token, signing_key
 from exchange_stream.core.recipient_token import RecipientIdError, validate_recipient_id
 from exchange_stream.core.scopes import READ_RECORDS, RECIPIENT_SCOPES, in_order
@@ -78,12 +78,7 @@ def add_parser(recipients: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help=f"lifetime of the token, 1 to {MAX_TTL_S} (default {DEFAULT_TTL_S})",
     )
-    p.add_argument(
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help='text (default): the token alone; json: {"token", "expires_at", "scopes"}',
-    )
+    add_output_option(p, 'text (default): the token alone; json: {"token", "expires_at", "scopes"}')
     p.set_defaults(command=COMMAND)
 
 

@@ -156,16 +156,24 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run in this process instead of sending the command to the workers",
     )
-    p.add_argument(
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text (default): a readable summary; json: one JSON object on stdout",
-    )
+    add_output_option(p)
     p.add_argument(
         "--command-id",
         help="idempotency id of the command (default: a new UUID); not used with --local",
     )
+    add_timeout_option(p)
+
+
+def add_output_option(
+    p: argparse.ArgumentParser,
+    help_text: str = "text (default): a readable summary; json: one JSON object on stdout",
+) -> None:
+    """``--output text|json``, as every command that prints a result takes it."""
+    p.add_argument("--output", choices=("text", "json"), default="text", help=help_text)
+
+
+def add_timeout_option(p: argparse.ArgumentParser) -> None:
+    """``--timeout S``: how long a command sent to the workers waits for its final result."""
     p.add_argument(
         "--timeout",
         type=float,

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 import orjson
 from aiokafka.errors import KafkaError
 
-from exchange_stream.cli.operations import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from exchange_stream.cli.operations import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_output_option
 from exchange_stream.infra import logs
 from exchange_stream.infra.config import Settings
 from exchange_stream.infra.topics import TopicState, describe_topics, raise_partitions
@@ -69,12 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="only this topic (repeat for several; default: every topic of the stack)",
     )
-    p.add_argument(
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text (default): a table; json: one JSON object on stdout",
-    )
+    add_output_option(p, "text (default): a table; json: one JSON object on stdout")
 
 
 def _positive(value: str) -> int:
