@@ -17,14 +17,16 @@ from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from mode import ServiceT
 
 from exchange_stream.core.identity import Tokenizer
+from exchange_stream.core.match_tokens import MatchKeys
 from exchange_stream.infra import logs
 from exchange_stream.infra.config import Settings
 from exchange_stream.infra.runtime import Runtime
-from exchange_stream.ops import control
+from exchange_stream.ops import control, export_worker
 from exchange_stream.pipeline import agents
 from exchange_stream.pipeline.gate import DependencyGate
 from exchange_stream.pipeline.normalize import Normalizer
 from exchange_stream.pipeline.outbox import OutboxRelay
+from exchange_stream.read.audit import ReadAudit
 from exchange_stream.read.tokens import RecipientTokenService
 from web import routes
 from web.context import WebContext
@@ -85,11 +87,18 @@ class ExchangeApp(faust.App):
     runtime: Runtime
     relay: OutboxRelay
     tokens: RecipientTokenService
+    audit: ReadAudit
     web_context: WebContext
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
         # The runtime first: every other part borrows its pool, S3 client and producer.
-        return [self.runtime, self.relay, self.tokens, *super().on_init_dependencies()]
+        return [
+            self.runtime,
+            self.relay,
+            self.tokens,
+            self.audit,
+            *super().on_init_dependencies(),
+        ]
 
     def on_webserver_init(self, web: Any) -> None:
         routes.install(web.web_app, self.web_context)
@@ -161,13 +170,19 @@ def create_app(settings: Settings) -> ExchangeApp:
         dsn=settings.dsn,
         beacon=app.beacon,
     )
+    app.audit = ReadAudit(
+        lambda: runtime.work_pool, flush_ms=settings.read_audit_flush_ms, beacon=app.beacon
+    )
     app.web_context = WebContext(
         settings=settings,
         tokenizer=Tokenizer(settings.tokenizer_hmac_secret),
         gate=gate,
         resources=runtime,
         tokens=app.tokens,
+        audit=app.audit,
+        match_keys=MatchKeys(settings.match_token_secret),
     )
     agents.register(app, Normalizer(settings, runtime, gate))
     control.register(app, runtime)
+    export_worker.register(app, runtime)
     return app

@@ -56,7 +56,10 @@ async def _cli(
 
 
 async def _add_recipient(recipient: str, *more: str) -> None:
+    """Register ``recipient`` and grant it every source, as an operator does before it reads."""
     code, report = await run_cli("recipients", "add", recipient, *more, "--local")
+    assert code == 0, report
+    code, report = await run_cli("recipients", "grant", recipient, "--all-sources", "--local")
     assert code == 0, report
 
 

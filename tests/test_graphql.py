@@ -294,10 +294,19 @@ async def test_a_page_of_500_records_costs_a_bounded_number_of_statements(
         ("read_records_of_source", ("0", uuid.UUID(int=0), 100, None, None, False, "s")),
         ("read_records_of_kind", ("0", uuid.UUID(int=0), 100, None, None, False, "claim")),
         ("read_records", ("0", uuid.UUID(int=0), 100, None, None, False)),
+        (
+            "read_records_of_source_kind",
+            ("0", uuid.UUID(int=0), 100, None, None, False, "s", "claim"),
+        ),
     ],
 )
+@pytest.mark.parametrize(
+    "grants",
+    [(True, [], [], [], []), (False, ["s"], ["claim"], [None], [None])],
+    ids=["all-granted", "one-grant"],
+)
 async def test_read_lookups_are_index_scans(
-    db: asyncpg.Pool, migrated: None, name: str, args: tuple
+    db: asyncpg.Pool, migrated: None, name: str, args: tuple, grants: tuple
 ) -> None:
     from datetime import datetime
 
@@ -305,7 +314,7 @@ async def test_read_lookups_are_index_scans(
 
     values = [
         datetime.fromisoformat(a + "T00:00:00+00:00") if a == "2020-01-01" else a for a in args
-    ]
+    ] + list(grants)
     async with db.acquire() as conn, conn.transaction():
         # The table may be small here; what matters is that an index serves the query's shape.
         await conn.execute("SET LOCAL enable_seqscan = off")

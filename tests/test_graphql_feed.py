@@ -207,7 +207,20 @@ async def test_a_rare_kind_reads_only_its_rows_through_the_kind_index(
             )
             await conn.execute("ANALYZE canonical_records")
             # The statement the worker runs for records(kind: "lab_result"), planner as is.
-            args = ("0", uuid.UUID(int=0), 101, None, None, False, "lab_result")
+            args = (
+                "0",
+                uuid.UUID(int=0),
+                101,
+                None,
+                None,
+                False,
+                "lab_result",
+                True,
+                [],
+                [],
+                [],
+                [],
+            )
             rows = await conn.fetch(f"EXPLAIN {q('read_records_of_kind')}", *args)
         finally:
             await tx.rollback()

@@ -18,7 +18,6 @@ them normalized would carry match tokens that never meet the other's. Every wait
 from __future__ import annotations
 
 import secrets
-import string
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -37,51 +36,15 @@ from exchange_stream.infra.config import Settings
 from exchange_stream.infra.sql import q
 from exchange_stream.read.graphql import MAX_ROOT_FIELDS, Documents, executable_schema
 from exchange_stream.read.tokens import LOCAL_DEV_RECIPIENT, RecipientTokenService
-from tests.payloads import new_key, partner_a_v1_encounter
-from tests.support import WorkerProcess, eventually, isolated_worker, post_json, run_cli
-
-CLAIM = {
-    "payer_id": "payer-3",
-    "service_date": "2024-02-28",
-    "total_charge": "1234.50",
-    "currency": "USD",
-    "cpt_codes": ["99213"],
-    "dx_codes": ["E11.9"],
-}
-
-ITEMS = (
-    "items { recordId patientToken personToken kind source "
-    "encounter { encounterId } claim { claimId } }"
+from tests.exchange_client import (
+    PERSON,
+    Exchange,
+    birth_date,
+    family,
+    letters,
+    patient,
 )
-FEED = f"query ($s: String) {{ records(source: $s, first: 50) {{ {ITEMS} nextCursor }} }}"
-PERSON = (
-    "query ($p: ID!, $kind: String, $first: Int, $after: String) { person(personToken: $p) { "
-    f"personToken records(kind: $kind, first: $first, after: $after) {{ {ITEMS} "
-    "nextCursor resumeCursor } } }"
-)
-
-
-def letters(n: int = 10) -> str:
-    """A random word of letters only: names keep letters alone (``core/matching.py``)."""
-    return "".join(secrets.choice(string.ascii_lowercase) for _ in range(n))
-
-
-def family() -> str:
-    return letters().capitalize()
-
-
-def birth_date() -> str:
-    """A date of birth of one scenario (every rule compares it)."""
-    year, month, day = (
-        1930 + secrets.randbelow(70),
-        1 + secrets.randbelow(12),
-        1 + secrets.randbelow(28),
-    )
-    return f"{year}-{month:02d}-{day:02d}"
-
-
-def patient(given: str, surname: str, dob: str, **extra: str) -> dict[str, str]:
-    return {"given_name": given, "family_name": surname, "dob": dob, **extra}
+from tests.support import WorkerProcess, eventually, isolated_worker, run_cli
 
 
 def linked_as(settings: Settings, patients: Mapping[str, Mapping[str, Any]]) -> set[frozenset]:
@@ -100,103 +63,6 @@ async def linker(
     workdir: Path = tmp_path_factory.mktemp("persons-worker")
     async with isolated_worker(workdir, "persons", db) as proc:
         yield proc
-
-
-class Exchange:
-    """Ingest and read through one worker."""
-
-    def __init__(self, http: aiohttp.ClientSession, worker: WorkerProcess, db: asyncpg.Pool):
-        self.http, self.worker, self.db = http, worker, db
-
-    async def ingest(
-        self, source: str, person: Mapping[str, str], kind: str = "encounter"
-    ) -> uuid.UUID:
-        payload = partner_a_v1_encounter()
-        if kind == "claim":
-            payload = {**CLAIM, "claim_id": f"clm-{uuid.uuid4().hex[:12]}"}
-        body = {
-            "source": source,
-            "record_kind": kind,
-            "schema_hint": "partnerA.v1",
-            "patient": dict(person),
-            "payload": payload,
-        }
-        status, resp, _ = await post_json(
-            self.http, f"{self.worker.base_url}/v2/ingest", body, key=new_key()
-        )
-        assert status == 202, resp
-        return uuid.UUID(resp["record_id"])
-
-    async def persons(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
-        """Each record's person as it is now (merges followed), once every one is linked."""
-        found: dict[uuid.UUID, int] = {}
-
-        async def linked() -> bool:
-            rows = await self.db.fetch(
-                "SELECT rp.record_id, coalesce(p.merged_into, p.person_id) AS person "
-                "FROM record_persons rp JOIN persons p USING (person_id) "
-                "WHERE rp.record_id = ANY($1)",
-                ids,
-            )
-            found.clear()
-            found.update({r["record_id"]: r["person"] for r in rows})
-            return len(found) == len(ids)
-
-        await eventually(linked, timeout=120)
-        return dict(found)
-
-    async def receipt_order(self, ids: list[uuid.UUID]) -> list[uuid.UUID]:
-        rows = await self.db.fetch(
-            "SELECT record_id FROM canonical_records WHERE record_id = ANY($1) "
-            "ORDER BY ingested_at, record_id",
-            ids,
-        )
-        return [r["record_id"] for r in rows]
-
-    async def gql(
-        self, query: str, variables: dict[str, Any] | None = None, token: str = "dev"
-    ) -> dict[str, Any]:
-        body = {"query": query, "variables": variables or {}}
-        headers = {"Authorization": f"Bearer {token}"}
-        async with self.http.post(
-            f"{self.worker.base_url}/graphql", json=body, headers=headers
-        ) as r:
-            doc = await r.json()
-            assert r.status == 200, doc
-            return doc
-
-    async def data(
-        self, query: str, variables: dict[str, Any] | None = None, token: str = "dev"
-    ) -> dict[str, Any]:
-        doc = await self.gql(query, variables, token)
-        assert "errors" not in doc, doc
-        return doc["data"]
-
-    async def feed(self, source: str, token: str = "dev") -> list[dict[str, Any]]:
-        return (await self.data(FEED, {"s": source}, token))["records"]["items"]
-
-    async def person(self, person_token: str, token: str = "dev", **args: Any) -> Any:
-        return (await self.data(PERSON, {"p": person_token, **args}, token))["person"]
-
-    async def statements(self) -> tuple[float, float]:
-        """The worker's ``graphql_sql_statements`` histogram: (requests, statements)."""
-        values = {"graphql_sql_statements_count": 0.0, "graphql_sql_statements_sum": 0.0}
-        async with self.http.get(f"{self.worker.base_url}/metrics") as r:
-            for line in (await r.text()).splitlines():
-                name, _, value = line.partition(" ")
-                if name in values:
-                    values[name] = float(value)
-        return values["graphql_sql_statements_count"], values["graphql_sql_statements_sum"]
-
-    async def cost(
-        self, query: str, variables: dict[str, Any] | None = None, token: str = "dev"
-    ) -> float:
-        """The statements one answer of ``query`` cost (this worker answers only this module)."""
-        count, total = await self.statements()
-        await self.data(query, variables, token)
-        after_count, after_total = await self.statements()
-        assert after_count == count + 1
-        return after_total - total
 
 
 @pytest.fixture
@@ -307,6 +173,8 @@ async def test_two_recipients_get_their_own_person_tokens_and_neither_opens_the_
     assert len(set((await ex.persons(ids)).values())) == 1
     other = f"persons-{letters(8)}"
     code, report = await run_cli("recipients", "add", other, "--local")
+    assert code == 0, report
+    code, report = await run_cli("recipients", "grant", other, "--all-sources", "--local")
     assert code == 0, report
     theirs = access_token(settings, other)
 
@@ -564,8 +432,13 @@ async def test_a_patient_without_a_linked_record_has_no_person_token(
         ),
     ],
 )
+@pytest.mark.parametrize(
+    "grants",
+    [(True, [], [], [], []), (False, ["s"], ["claim"], [None], [None])],
+    ids=["all-granted", "one-grant"],
+)
 async def test_person_statements_read_indexes_only(
-    db: asyncpg.Pool, name: str, args: tuple
+    db: asyncpg.Pool, name: str, args: tuple, grants: tuple
 ) -> None:
     """Each new statement reads indexes, whatever the tables' sizes here; only a person's own
     records are sorted (by receipt), never a table."""
@@ -573,7 +446,8 @@ async def test_person_statements_read_indexes_only(
         await conn.execute("SET LOCAL enable_seqscan = off")
         for mode in ("force_custom_plan", "force_generic_plan"):
             await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
-            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {q(name)}", *args))
+            given = args if name == "read_record_persons" else (*args, *grants)
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {q(name)}", *given))
             assert "Index" in plan and "Seq Scan" not in plan and "Hash" not in plan, plan
             if name != "read_person_records":
                 assert "Sort" not in plan, plan

@@ -186,6 +186,10 @@ async def test_two_recipients_share_no_identifier_of_the_same_records(
     for recipient in recipients:
         code, report = await run_cli("recipients", "add", recipient, "--local", env=CLI_ENV)
         assert code == 0, report
+        code, report = await run_cli(
+            "recipients", "grant", recipient, "--all-sources", "--local", env=CLI_ENV
+        )
+        assert code == 0, report
 
     answers = [await read_all(http, strict_worker, r, records_of_every_kind) for r in recipients]
     for pages in answers:

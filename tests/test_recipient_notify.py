@@ -74,6 +74,7 @@ async def test_a_revocation_reaches_both_workers_without_waiting_for_the_ttl(
 ) -> None:
     recipient = f"ntf-{uuid.uuid4().hex[:8]}"
     await cli("add", recipient)
+    await cli("grant", recipient, "--all-sources")
     token = recipient_jwt(recipient)
     for worker in two_workers:
         status, doc = await gql(http, worker, RECORDS, token)
@@ -89,6 +90,39 @@ async def test_a_revocation_reaches_both_workers_without_waiting_for_the_ttl(
         print(f"\nrevoke -> 403 on both workers: {took * 1000:.0f} ms after the CLI exited")
 
 
+async def test_a_revoked_grant_reaches_both_workers_without_waiting_for_the_ttl(
+    two_workers: list[WorkerProcess], http: aiohttp.ClientSession, db: asyncpg.Pool, capsys
+) -> None:
+    recipient = f"ntf-{uuid.uuid4().hex[:8]}"
+    await cli("add", recipient)
+    code, report = await run_cli(
+        "recipients", "grant", recipient, "--all-sources", "--local", env=CLI_ENV
+    )
+    assert code == 0, report
+    grant_id = report["result"]["grant"]["grant_id"]
+    token = recipient_jwt(recipient)
+    query = "{ records(first: 1) { items { kind } } }"
+    # A canonical row exists (the module's other tests ingest); each worker reads one, cached.
+    await eventually(lambda: _has_canonical(db), timeout=120)
+    for worker in two_workers:
+        status, doc = await gql(http, worker, query, token)
+        assert status == 200 and len(doc["data"]["records"]["items"]) == 1, doc
+
+    await cli("revoke-grant", recipient, str(grant_id))
+
+    async def nothing(worker: WorkerProcess) -> bool:
+        status, doc = await gql(http, worker, query, token)
+        return status == 200 and doc["data"]["records"]["items"] == []
+
+    took = await until_all(two_workers, nothing)
+    with capsys.disabled():
+        print(f"\nrevoke-grant -> nothing read on both workers: {took * 1000:.0f} ms")
+
+
+async def _has_canonical(db: asyncpg.Pool) -> bool:
+    return bool(await db.fetchval("SELECT EXISTS (SELECT 1 FROM canonical_records)"))
+
+
 async def test_a_retired_key_stops_resolving_on_both_workers_without_waiting_for_the_ttl(
     two_workers: list[WorkerProcess],
     http: aiohttp.ClientSession,
@@ -98,6 +132,7 @@ async def test_a_retired_key_stops_resolving_on_both_workers_without_waiting_for
 ) -> None:
     recipient = f"ntf-{uuid.uuid4().hex[:8]}"
     await cli("add", recipient)
+    await cli("grant", recipient, "--all-sources")
     # A canonical record of a new patient, and that patient's token for the recipient (version 1).
     source = f"ntf-{uuid.uuid4().hex[:8]}"
     partner = jwt.encode(claims(), JWT_SECRET, algorithm="HS256")
@@ -153,6 +188,7 @@ async def test_a_lost_listening_connection_drops_every_cached_state_and_listens_
 ) -> None:
     recipient = f"ntf-{uuid.uuid4().hex[:8]}"
     await cli("add", recipient)
+    await cli("grant", recipient, "--all-sources")
     service = RecipientTokenService(
         lambda: db, CLI_ENV["RECIPIENT_TOKEN_SECRET"], ttl_s=3600, dsn=settings.dsn
     )

@@ -9,10 +9,13 @@ import asyncpg
 from aiohttp import web
 
 from exchange_stream.core.identity import Tokenizer
+from exchange_stream.core.match_tokens import MatchKeys
 from exchange_stream.infra.config import Settings
+from exchange_stream.infra.export_store import ExportStore
 from exchange_stream.infra.runtime import Runtime
 from exchange_stream.infra.storage import RawStore
 from exchange_stream.pipeline.gate import DependencyGate
+from exchange_stream.read.audit import ReadAudit
 from exchange_stream.read.tokens import RecipientTokenService
 
 # aiohttp refuses larger bodies with 413 before a view reads them.
@@ -28,6 +31,8 @@ class WebContext:
     gate: DependencyGate
     resources: Runtime
     tokens: RecipientTokenService
+    audit: ReadAudit
+    match_keys: MatchKeys
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -41,6 +46,11 @@ class WebContext:
     @property
     def store(self) -> RawStore:
         return self.resources.store
+
+    @property
+    def export_store(self) -> ExportStore:
+        """The bulk exports' bucket, which downloads stream from."""
+        return self.resources.export_store
 
 
 CONTEXT = web.AppKey("context", WebContext)

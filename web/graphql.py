@@ -15,9 +15,11 @@ import orjson
 from aiohttp import web
 
 from exchange_stream.infra import metrics
+from exchange_stream.read.audit import audit_row
 from exchange_stream.read.graphql import Documents, Request, executable_schema, execute
 from web.auth import READ_RECORDS, Unauthorized, authenticate
 from web.context import CONTEXT, WebContext
+from web.ingest import correlation_id_from
 from web.responses import json_response
 
 ROUTE = "/graphql"
@@ -67,10 +69,32 @@ async def _graphql(request: web.Request) -> tuple[web.Response, int | None]:
         pool=ctx.read_pool,
         tokens=ctx.tokens,
         kinds=principal.kinds,
+        grants=keys.grants,
     )
+    started = time.perf_counter()
     result = await execute(request.app[_DOCUMENTS], read, text, variables, operation)
     status = 400 if "data" not in result else 200
+    ctx.audit.record(
+        audit_row(
+            principal.recipient,
+            _operation_of(result),
+            read.kinds_read,
+            read.rows,
+            time.perf_counter() - started,
+            "ok" if status == 200 and not result.get("errors") else "error",
+            correlation_id_from(request.headers.get("X-Correlation-Id")),
+        )
+    )
     return json_response(result, status=status), read.statements
+
+
+def _operation_of(result: dict[str, Any]) -> str:
+    """What the audit calls a query: the root fields it answered, in order (never arguments);
+    ``invalid`` for one refused before it ran."""
+    data = result.get("data")
+    if not isinstance(data, dict) or not data:
+        return "invalid"
+    return ",".join(sorted(data))
 
 
 class _BadQuery(Exception):

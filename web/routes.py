@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from exchange_stream.core.formats import FORMATS
-from web import graphql, health, ingest, smart, tokenize
+from web import fhir, graphql, health, ingest, optouts, smart, tokenize
 from web.context import CONTEXT, MAX_BODY_BYTES, WebContext
 from web.middleware import middlewares
 
@@ -21,8 +21,10 @@ def install(web_app: web.Application, context: WebContext) -> None:
     for fmt in FORMATS:
         web_app.router.add_post(fmt.route, ingest.handler(fmt))
     web_app.router.add_post("/tokenize", tokenize.tokenize)
+    optouts.install(web_app)
     smart.install(web_app)
     graphql.install(web_app, context)
+    fhir.install(web_app)
 
 
 def application_options() -> dict[str, Any]:

@@ -59,6 +59,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from exchange_stream.cli.console import ProgressLine
 from exchange_stream.cli.render import print_text
+from exchange_stream.core.identity import IdentityError, Tokenizer
+from exchange_stream.core.match_tokens import MatchKeys
+from exchange_stream.core.optouts import MAX_IDENTITIES, tokenize_identity
 from exchange_stream.infra.config import Settings
 from exchange_stream.ops.framework import (
     Operation,
@@ -109,7 +112,7 @@ def _add_params(p: argparse.ArgumentParser, op: Operation) -> None:
     schema = op.schema()
     required = set(schema.get("required", ()))
     for name, spec in schema["properties"].items():
-        flag = "--" + name.replace("_", "-")
+        flag = spec.get("x-option", "--" + name.replace("_", "-"))
         help_text = spec["description"]
         if "default" in spec and spec["default"] not in (False, "", None):
             help_text += f" (default {spec['default']})"
@@ -122,11 +125,14 @@ def _add_params(p: argparse.ArgumentParser, op: Operation) -> None:
             kwargs.update(type=int, metavar="N")
         elif spec.get("type") == "number":
             kwargs.update(type=float, metavar="X")
+        elif "x-identities" in spec:
+            # Identities in an NDJSON file, tokenized here (run()): only tokens are sent.
+            kwargs.update(metavar=spec["x-identities"])
         elif "x-file" in spec:
             # A JSON document given as a file on the shell, and as itself on the control topic.
             kwargs.update(type=_json_file, metavar=spec["x-file"])
         else:
-            kwargs.update(metavar=name.upper())
+            kwargs.update(metavar=spec.get("x-metavar", name.upper()))
         if "x-positional" in spec:
             # An argument the command is about (``recipients add ID``): given by position.
             kwargs.pop("dest")
@@ -137,6 +143,38 @@ def _add_params(p: argparse.ArgumentParser, op: Operation) -> None:
         if name in required:
             kwargs["required"] = True
         p.add_argument(flag, **kwargs)
+
+
+def _tokenize_identities(
+    settings: Settings, op: Operation, given: dict[str, Any]
+) -> dict[str, Any]:
+    """``given`` with each ``x-identities`` file replaced by its identities' tokens
+    (``core/optouts.py``): the identities never leave this process. ``ParamsInvalid`` names the
+    line and the field of the first bad identity, never its value; nothing is sent then."""
+    for name, spec in op.schema()["properties"].items():
+        if "x-identities" not in spec or name not in given:
+            continue
+        tokenizer = Tokenizer(settings.tokenizer_hmac_secret)
+        keys = MatchKeys(settings.match_token_secret)
+        try:
+            with open(given[name], "rb") as f:
+                lines = [line for line in f.read().splitlines() if line.strip()]
+        except OSError:
+            raise ParamsInvalid(f"invalid field: {name}: cannot read the file") from None
+        if len(lines) > MAX_IDENTITIES:
+            raise ParamsInvalid(
+                f"invalid field: {name}: at most {MAX_IDENTITIES} identities a file; split it"
+            )
+        tokens = []
+        for n, line in enumerate(lines, 1):
+            try:
+                tokens.append(tokenize_identity(orjson.loads(line), tokenizer, keys).as_params())
+            except orjson.JSONDecodeError:
+                raise ParamsInvalid(f"line {n}: not a JSON object") from None
+            except IdentityError as exc:
+                raise ParamsInvalid(f"line {n}: {exc}") from None
+        given = {**given, name: tokens}
+    return given
 
 
 def _json_file(path: str) -> Any:
@@ -199,6 +237,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     op = OPERATIONS[getattr(args, _OP)]
     given = params_from_args(op, args)
     try:
+        given = _tokenize_identities(settings, op, given)
         params = op.params(given)
     except ParamsInvalid as exc:
         print(f"exchange-stream {' '.join(op.cli)}: {exc}", file=sys.stderr)

@@ -474,6 +474,49 @@ def _link_persons(s: dict[str, Any], out: TextIO) -> None:
     )
 
 
+# grants and opt-outs
+
+_GRANT_COLUMNS = ("grant", "sources", "kinds", "from", "until", "created", "revoked")
+
+
+def _grant_row(g: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        g["grant_id"],
+        value_text(g["sources"]) if g["sources"] else "every source",
+        value_text(g["kinds"]) if g["kinds"] else "every kind",
+        g["from"] or "-",
+        g["until"] or "-",
+        g["created_at"] or "-",
+        g["revoked_at"] or "-",
+    )
+
+
+def _recipient_grant(s: dict[str, Any], out: TextIO) -> None:
+    out.write(f"  granted to {s['recipient']}:\n")
+    _table(out, _GRANT_COLUMNS[:-1], [_grant_row(s["grant"])[:-1]], indent=2)
+
+
+def _recipient_grants(s: dict[str, Any], out: TextIO) -> None:
+    out.write(f"  {s['count']} grant(s) in force for {s['recipient']}\n")
+    if s["grants"]:
+        _table(out, _GRANT_COLUMNS, [_grant_row(g) for g in s["grants"]])
+
+
+def _recipient_revoke_grant(s: dict[str, Any], out: TextIO) -> None:
+    _lines(out, [("recipient", s["recipient"]), ("revoked grant", s["revoked_grant"])])
+
+
+def _opt_outs(s: dict[str, Any], out: TextIO) -> None:
+    _lines(
+        out,
+        [("identities", f"{s['accepted']} accepted"), ("in force", f"{s['opt_outs']} opt-out(s)")],
+    )
+
+
+def _export(s: dict[str, Any], out: TextIO) -> None:
+    write_tree(out, s, indent=1)
+
+
 RENDERERS: dict[str, Renderer] = {
     "replay": _replay,
     "reconcile": _reconcile,
@@ -484,6 +527,12 @@ RENDERERS: dict[str, Renderer] = {
     "recipients_rotate_key": _recipient_rotate,
     "recipients_retire_key": _recipient_retire,
     "recipients_revoke": _recipient_revoke,
+    "recipients_grant": _recipient_grant,
+    "recipients_grants": _recipient_grants,
+    "recipients_revoke_grant": _recipient_revoke_grant,
+    "opt_outs_add": _opt_outs,
+    "opt_outs_remove": _opt_outs,
+    "export": _export,
     "materialize-patient-index": _patient_index,
     "data-quality": _print_data_quality,
     "link-persons": _link_persons,

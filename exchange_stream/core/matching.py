@@ -270,7 +270,8 @@ def normalise_sex(value: object) -> str | None:
     return sex if sex in SEXES else None
 
 
-def _format_of(patient: Mapping[str, Any]) -> IngestFormat:
+def format_of(patient: Mapping[str, Any]) -> IngestFormat:
+    """The format whose names a ``patient`` object uses: v2 with a v2 name field, else v1."""
     if V2.given_name_field in patient or V2.family_name_field in patient:
         return V2
     return V1
@@ -286,7 +287,7 @@ def match_attributes(
     """
     if not isinstance(patient, Mapping):
         raise TypeError("patient is not an object")
-    fmt = fmt or _format_of(patient)
+    fmt = fmt or format_of(patient)
     given, family, dob, ssn = fmt.identity(patient)
     given_name = normalise_given_name(given)
     family_name = normalise_family_name(family)

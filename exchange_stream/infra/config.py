@@ -18,6 +18,7 @@ from exchange_stream.core.formats import FORMATS
 from exchange_stream.infra.topics import (
     CONTROL,
     CONTROL_RESULTS,
+    EXPORTS,
     TOPICS,
     dlq_role,
     ingested_role,
@@ -123,6 +124,18 @@ class Settings:
     graphql_introspection: bool = True
     control_heartbeat_s: float = 10.0
     control_takeover_after_s: float = 60.0
+    # Bulk export (ops/export.py, web/fhir.py): an NDJSON file is closed at this size, files are
+    # deleted this long after the export completed, a recipient runs at most this many exports
+    # at once (another kick-off: 429), a worker runs at most this many, and a page of this many
+    # canonical rows is read per statement.
+    export_bucket: str = "exports"
+    export_file_max_bytes: int = 128 * 1024 * 1024
+    export_retention_hours: float = 24.0
+    export_max_running: int = 2
+    export_concurrency: int = 2
+    export_page_rows: int = 5000
+    # The read audit (read/audit.py) writes what it gathered at most this long after a read.
+    read_audit_flush_ms: int = 500
     web_bind: str = "127.0.0.1"
     # The worker's asyncio event loop: uvloop (libuv, less CPU per I/O call) or asyncio.
     event_loop: str = "uvloop"
@@ -145,6 +158,10 @@ class Settings:
     @property
     def topic_control_results(self) -> str:
         return self.topics[CONTROL_RESULTS.role]
+
+    @property
+    def topic_exports(self) -> str:
+        return self.topics[EXPORTS.role]
 
     @property
     def dsn(self) -> str:
@@ -283,6 +300,13 @@ class Settings:
             graphql_introspection=get_bool("GRAPHQL_INTROSPECTION", get("ENV", "local") == "local"),
             control_heartbeat_s=get_float("CONTROL_HEARTBEAT_S", 10.0, 0.1),
             control_takeover_after_s=get_float("CONTROL_TAKEOVER_AFTER_S", 60.0, 1.0),
+            export_bucket=get("EXPORT_BUCKET", "exports"),
+            export_file_max_bytes=get_int("EXPORT_FILE_MAX_BYTES", 128 * 1024 * 1024, 1024),
+            export_retention_hours=get_float("EXPORT_RETENTION_HOURS", 24.0, 0.0),
+            export_max_running=get_int("EXPORT_MAX_RUNNING", 2, 1),
+            export_concurrency=get_int("EXPORT_CONCURRENCY", 2, 1),
+            export_page_rows=get_int("EXPORT_PAGE_ROWS", 5000, 1),
+            read_audit_flush_ms=get_int("READ_AUDIT_FLUSH_MS", 500, 1),
             web_bind=get("WEB_BIND", "127.0.0.1"),
             event_loop=get_choice("EVENT_LOOP", "uvloop", ("uvloop", "asyncio")),
             app_id=get("APP_ID", "exchange-stream"),

@@ -124,6 +124,16 @@ normalizer_pauses_total = Counter(
     ["dependency"],
     registry=REGISTRY,
 )
+read_audit_rows_total = Counter(
+    "read_audit_rows_total",
+    "Read audit rows written (read/audit.py).",
+    registry=REGISTRY,
+)
+read_audit_dropped_total = Counter(
+    "read_audit_dropped_total",
+    "Read audit rows dropped because Postgres stayed away while too many waited.",
+    registry=REGISTRY,
+)
 graphql_requests_total = Counter(
     "graphql_requests_total",
     "Read API requests by response status.",

@@ -1,5 +1,5 @@
-"""Process-wide resources (Postgres pool, raw store, Kafka publisher) as one service started
-before the app, and the probes that tell whether each dependency answers."""
+"""Process-wide resources (Postgres pools, raw store, export store, Kafka publisher) as one
+service started before the app, and the probes that tell whether each dependency answers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaClient
 from exchange_stream.infra import metrics
 from exchange_stream.infra.config import Settings
 from exchange_stream.infra.db import create_pool
+from exchange_stream.infra.export_store import ExportStore, open_export_store
 from exchange_stream.infra.kafka import Publisher
 from exchange_stream.infra.sql import q
 from exchange_stream.infra.storage import RawStore, open_store
@@ -31,8 +32,8 @@ class NotStarted(RuntimeError):
 
 
 class Runtime(mode.Service):
-    """Owns the pools, the S3 client and the Kafka publisher; agents, views and the relay
-    borrow them.
+    """Owns the pools, the S3 clients (raw objects, exports) and the Kafka publisher; agents,
+    views and the relay borrow them.
 
     Three Postgres pools: ``pool`` serves ingest and the other requests that write (ingest
     holds a connection across its S3 write, so a burst can take them all), ``read_pool`` the
@@ -46,6 +47,7 @@ class Runtime(mode.Service):
         self._work_pool: asyncpg.Pool | None = None
         self._read_pool: asyncpg.Pool | None = None
         self._store: RawStore | None = None
+        self._export_store: ExportStore | None = None
         self._stack = contextlib.AsyncExitStack()
         self.publisher = Publisher(settings, client_id=f"{settings.app_id}-publisher")
         super().__init__(**kwargs)
@@ -59,6 +61,7 @@ class Runtime(mode.Service):
         self._store = await self._stack.enter_async_context(
             open_store(self.settings, recent_bytes=self.settings.raw_cache_mb << 20)
         )
+        self._export_store = await self._stack.enter_async_context(open_export_store(self.settings))
 
     async def on_stop(self) -> None:
         await self.publisher.stop()
@@ -91,6 +94,13 @@ class Runtime(mode.Service):
         if self._store is None:
             raise NotStarted("raw store")
         return self._store
+
+    @property
+    def export_store(self) -> ExportStore:
+        """The bulk exports' bucket: the export runs write it, downloads stream from it."""
+        if self._export_store is None:
+            raise NotStarted("export store")
+        return self._export_store
 
     @mode.Service.task
     async def _freeze_startup_objects(self) -> None:

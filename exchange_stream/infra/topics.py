@@ -45,6 +45,13 @@ CONTROL_RESULTS = Topic(
     TopicName("", "exchange.control.results"),
     "the CLI, following the commands it sent",
 )
+# Bulk exports to run (ops/export.py): one message per export, keyed by its id, so exports spread
+# over the workers and one that loses its worker is taken over by another.
+EXPORTS = Topic(
+    "exports",
+    TopicName("TOPIC_EXPORTS", "exchange.exports"),
+    "the export agent of every worker",
+)
 TOPICS: tuple[Topic, ...] = (
     *(
         Topic(f"ingested.{f.label}", f.topic, "the normalizer agent (see KAFKA_TOPICS)")
@@ -53,6 +60,7 @@ TOPICS: tuple[Topic, ...] = (
     *(Topic(f"dlq.{f.label}", f.dlq_topic, "dlq redrive, an operation") for f in FORMATS),
     CONTROL,
     CONTROL_RESULTS,
+    EXPORTS,
 )
 
 

@@ -16,6 +16,7 @@ and, on a worker, published to the results topic) and returns its summary; it ra
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -31,6 +32,7 @@ from exchange_stream.core.formats import FormatUnknown
 from exchange_stream.infra.config import Settings
 from exchange_stream.infra.contracts import ContractViolation, command_params, command_schema
 from exchange_stream.infra.db import create_pool
+from exchange_stream.infra.export_store import ExportStore, open_export_store
 from exchange_stream.infra.kafka import Publisher
 from exchange_stream.infra.sql import q
 from exchange_stream.infra.storage import RawStore, open_store
@@ -115,6 +117,12 @@ class OpsContext:
     # Who asked, for audit rows: the command's sender, or the local user of the CLI.
     actor: str = "operator"
     correlation_id: str | None = None
+    # The bulk exports' bucket (ops/export.py).
+    export_store: ExportStore | None = None
+    # The run being executed and its execution number, set by ``run_recorded``: an operation
+    # that writes outside ``job_runs`` (an export) fences those writes with them too.
+    job_run_id: uuid.UUID | None = None
+    execution: int | None = None
 
 
 @contextlib.asynccontextmanager
@@ -123,8 +131,8 @@ async def local_context(settings: Settings, actor: str = "cli") -> AsyncIterator
     pool = await create_pool(settings, max_size=8, batch_work=True)
     publisher = Publisher(settings, client_id=f"{settings.app_id}-ops")
     try:
-        async with open_store(settings) as store:
-            yield OpsContext(settings, pool, store, publisher, actor=actor)
+        async with open_store(settings) as store, open_export_store(settings) as exports:
+            yield OpsContext(settings, pool, store, publisher, actor=actor, export_store=exports)
     finally:
         await publisher.stop()
         await pool.close()
@@ -217,6 +225,7 @@ async def run_recorded(
 ) -> Outcome:
     """Run ``op`` under ``recorder`` and record its outcome. ``Fenced`` propagates: a runner that
     lost its run must not record anything."""
+    ctx = dataclasses.replace(ctx, job_run_id=recorder.job_run_id, execution=recorder.execution)
     try:
         summary = await op.run(ctx, params, recorder.progress)
     except Fenced:

@@ -1,5 +1,6 @@
-"""Recipients and their key versions: add, list, rotate a key, retire a key, revoke; and the
-JWKS a recipient signs its SMART Backend Services assertions with (add ``--jwks``, set-jwks).
+"""Recipients and their key versions: add, list, rotate a key, retire a key, revoke; the
+JWKS a recipient signs its SMART Backend Services assertions with (add ``--jwks``, set-jwks);
+and its grants (grant, grants, revoke-grant: what it may read, ``read/grants.py``).
 
 Every change is one transaction that also writes its ``audit_log`` row. Keys are derived from
 ``RECIPIENT_TOKEN_SECRET`` per (recipient, version) (``core/recipient_token.py`` says why), so a
@@ -10,6 +11,7 @@ cache's lifetime (``RECIPIENT_CACHE_TTL_S``).
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from exchange_stream.core.jwks import JwksInvalid, validate_jwks
@@ -148,6 +150,87 @@ async def _active(conn: Any, recipient: str) -> None:
         raise OperationFailed("recipient is revoked", {"recipient": recipient})
 
 
+async def grant(ctx: OpsContext, params: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
+    recipient = params["recipient"]
+    sources = None if params["all_sources"] else sorted(set(params["sources"].split(",")))
+    kinds = sorted(set(params["kinds"].split(","))) if params.get("kinds") else None
+    first, last = _day(params.get("from")), _day(params.get("until"))
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        await _active(conn, recipient)
+        row = await conn.fetchrow(
+            q("recipients_grant"),
+            recipient,
+            sources,
+            kinds,
+            first,
+            last,
+            ctx.actor,
+            ctx.correlation_id,
+        )
+    return {"recipient": recipient, "grant": _grant_json(row)}
+
+
+async def grants(ctx: OpsContext, params: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
+    recipient = params["recipient"]
+    if await ctx.pool.fetchval(q("recipients_lock"), recipient) is None:
+        raise OperationFailed("no such recipient", {"recipient": recipient})
+    rows = await ctx.pool.fetch(q("recipients_grants"), recipient)
+    listed = [_grant_json(r) for r in rows]
+    return {
+        "recipient": recipient,
+        "count": sum(1 for g in listed if g["revoked_at"] is None),
+        "grants": listed,
+    }
+
+
+async def revoke_grant(
+    ctx: OpsContext, params: dict[str, Any], progress: ProgressFn
+) -> dict[str, Any]:
+    recipient, grant_id = params["recipient"], params["grant_id"]
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        if await conn.fetchval(q("recipients_lock"), recipient) is None:
+            raise OperationFailed("no such recipient", {"recipient": recipient})
+        revoked = await conn.fetchval(
+            q("recipients_revoke_grant"), recipient, grant_id, ctx.actor, ctx.correlation_id
+        )
+    if revoked is None:
+        raise OperationFailed(
+            "no such grant in force", {"recipient": recipient, "grant_id": grant_id}
+        )
+    return {"recipient": recipient, "revoked_grant": grant_id}
+
+
+def _day(value: str | None) -> date | None:
+    return date.fromisoformat(value) if value else None
+
+
+def _grant_json(row: Any) -> dict[str, Any]:
+    def iso(value: Any) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {
+        "grant_id": row["grant_id"],
+        "sources": row["sources"],
+        "kinds": row["kinds"],
+        "from": iso(row["from_date"]),
+        "until": iso(row["until_date"]),
+        "created_at": iso(row["created_at"]),
+        "revoked_at": iso(row.get("revoked_at")) if "revoked_at" in row else None,
+    }
+
+
+def _check_grant(params: dict[str, Any]) -> None:
+    """Sources or every source, never both nor neither; real dates, in order."""
+    if params["all_sources"] == ("sources" in params):
+        raise ParamsInvalid("give exactly one of sources and all_sources")
+    try:
+        first, last = _day(params.get("from")), _day(params.get("until"))
+    except ValueError:
+        raise ParamsInvalid("invalid field: from or until is not a real date") from None
+    if first and last and last < first:
+        raise ParamsInvalid("invalid field: until is before from")
+
+
 OPERATIONS = (
     Operation(
         "recipients_add", ("recipients", "add"), "register a recipient", add, check=_check_jwks
@@ -175,4 +258,18 @@ OPERATIONS = (
         retire_key,
     ),
     Operation("recipients_revoke", ("recipients", "revoke"), "revoke a recipient", revoke),
+    Operation(
+        "recipients_grant",
+        ("recipients", "grant"),
+        "grant a recipient the records of some sources, kinds and days",
+        grant,
+        check=_check_grant,
+    ),
+    Operation("recipients_grants", ("recipients", "grants"), "a recipient's grants", grants),
+    Operation(
+        "recipients_revoke_grant",
+        ("recipients", "revoke-grant"),
+        "revoke one of a recipient's grants",
+        revoke_grant,
+    ),
 )

@@ -6,7 +6,9 @@ from typing import Any
 
 from exchange_stream.ops import (
     data_quality,
+    export,
     link_persons,
+    optouts,
     patient_index,
     recipients,
     reconcile,
@@ -24,7 +26,9 @@ OPERATIONS: dict[str, Operation] = {
         patient_index.OPERATION,
         data_quality.OPERATION,
         link_persons.OPERATION,
+        export.OPERATION,
         *recipients.OPERATIONS,
+        *optouts.OPERATIONS,
     )
 }
 JOBS: dict[str, Operation] = {name: op for name, op in OPERATIONS.items() if op.job}

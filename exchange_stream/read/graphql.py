@@ -63,6 +63,7 @@ from exchange_stream.core.scoped_ids import ITEM_KINDS
 from exchange_stream.core.timefmt import rfc3339
 from exchange_stream.infra.contracts import CONTRACTS_DIR
 from exchange_stream.infra.sql import q
+from exchange_stream.read.grants import NO_GRANTS, Grants, SqlArgs
 from exchange_stream.read.plan import Fallback, Plan, Selected, compile_plan, run_plan
 from exchange_stream.read.tokens import RecipientTokenService, RecipientUnavailable
 
@@ -137,13 +138,18 @@ def _date_time_literal(node: ValueNode, _variables: Any = None) -> datetime:
 class Request:
     """One request's context: who reads, with what, and how many statements it cost.
 
-    ``kinds``: the record kinds the caller's credential may read (None: every kind)."""
+    ``kinds``: the record kinds the caller's credential may read (None: every kind); ``grants``:
+    what the recipient's grants allow (read/grants.py), a condition of every statement.
+    ``rows`` and ``kinds_read`` count what the answer holds, for the read audit."""
 
     recipient: str
     pool: asyncpg.Pool
     tokens: RecipientTokenService
     kinds: frozenset[str] | None = None
+    grants: Grants = NO_GRANTS
     statements: int = 0
+    rows: int = 0
+    kinds_read: set[str] = field(default_factory=set)
     issued: dict[str, str] = field(default_factory=dict)
     persons_issued: dict[int, str] = field(default_factory=dict)
 
@@ -152,8 +158,18 @@ class Request:
         """``kinds`` as the statements take it (``$kinds text[]``)."""
         return None if self.kinds is None else sorted(self.kinds)
 
+    @property
+    def grant_args(self) -> SqlArgs:
+        """The grants as the statements take them (``$g_all`` … ``$g_until``)."""
+        return self.grants.args()
+
     def may_read(self, kind: str) -> bool:
-        return self.kinds is None or kind in self.kinds
+        return (self.kinds is None or kind in self.kinds) and kind in self.grants.kinds
+
+    def saw(self, kinds: list[str]) -> None:
+        """Count records of ``kinds`` into the answer (the read audit's rows and kinds)."""
+        self.rows += len(kinds)
+        self.kinds_read.update(kinds)
 
     async def fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
         self.statements += 1
@@ -408,14 +424,16 @@ async def _patient(_: None, info: graphql.GraphQLResolveInfo, patientToken: str)
     if master is None:
         return None
     if "personToken" not in _selected(info):
-        if not await req.fetchval("read_patient_exists", master, req.kinds_arg):
+        if not await req.fetchval("read_patient_exists", master, req.kinds_arg, *req.grant_args):
             return None
+        req.saw(["patient"])
         (token,) = await req.tokens_for([master])
         return {"patientToken": token, "dob": None}
     # The same question and the patient's person, in one statement.
-    row = await req.fetchrow("read_patient_person", master, req.kinds_arg)
+    row = await req.fetchrow("read_patient_person", master, req.kinds_arg, *req.grant_args)
     if row is None or not row["found"]:
         return None
+    req.saw(["patient"])
     (token,) = await req.tokens_for([master])
     person = row["person_id"]
     person_token = None if person is None else (await req.person_tokens([person]))[0]
@@ -432,7 +450,7 @@ async def _person(_: None, info: graphql.GraphQLResolveInfo, personToken: str) -
     if opened is None:
         return None
     # The person it is now (a merged person's survivor), if it has a record the caller may read.
-    person = await req.fetchval("read_person", opened, req.kinds_arg)
+    person = await req.fetchval("read_person", opened, req.kinds_arg, *req.grant_args)
     if person is None:
         return None
     (token,) = await req.person_tokens([person])
@@ -457,7 +475,13 @@ async def _person_records(
     readable = (kind is None or req.may_read(kind)) and (req.kinds is None or bool(req.kinds))
     if readable:
         rows = await req.fetch(
-            "read_person_records", person[_PERSON_ID], *since, limit + 1, req.kinds_arg, kind
+            "read_person_records",
+            person[_PERSON_ID],
+            *since,
+            limit + 1,
+            req.kinds_arg,
+            kind,
+            *req.grant_args,
         )
     more = len(rows) > limit
     rows = rows[:limit]
@@ -484,9 +508,12 @@ def _per_patient(kind: str) -> Callable[..., Any]:
         master = await req.master_of(patientToken)
         if master is None:
             return []
-        rows = await req.fetch("read_patient_kind", master, kind, *since, limit, req.kinds_arg)
+        rows = await req.fetch(
+            "read_patient_kind", master, kind, *since, limit, req.kinds_arg, *req.grant_args
+        )
         if not rows:
             return []
+        req.saw([kind] * len(rows))
         (token,) = await req.tokens_for([master])
         wanted = _selected(info)
         objects = [r["object"] for r in rows]
@@ -513,9 +540,13 @@ def _feed_statement(
         raise ReadError("kind must be encounter, claim or lab_result")
     if kind is None and req.kinds is not None and len(req.kinds) == 1:
         (kind,) = req.kinds  # one kind readable: its own index
+    if kind is None:
+        kind = req.grants.only_kind  # one kind granted: likewise
+    if source is None:
+        source = req.grants.only_source  # one source granted: its own index
     if kind is not None and not req.may_read(kind):
         return None
-    if req.kinds is not None and not req.kinds:
+    if (req.kinds is not None and not req.kinds) or req.grants.nothing:
         return None
     if source is None:
         return ("read_records", ()) if kind is None else ("read_records_of_kind", (kind,))
@@ -542,7 +573,15 @@ async def _records(
     if statement is not None:
         name, filters = statement
         found = await req.fetch(
-            name, str(xid), rid, limit + 1, req.kinds_arg, updatedSince, seek, *filters
+            name,
+            str(xid),
+            rid,
+            limit + 1,
+            req.kinds_arg,
+            updatedSince,
+            seek,
+            *filters,
+            *req.grant_args,
         )
         rows = [r for r in found if r["record_id"] is not None]
         if not rows and after is None:
@@ -569,6 +608,7 @@ async def _feed_items(
     kind of identifier), and each field that costs something computed only when selected.
     ``person_token``: the page's records are all of this person (``Person.records``)."""
     n = len(rows)
+    req.saw([r["record_kind"] for r in rows])
     normalized = [r["normalized"] for r in rows]
     tokens = await req.tokens_for([doc.get("patient_token") or "" for doc in normalized])
     record_ids = (

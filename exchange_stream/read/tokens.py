@@ -28,6 +28,7 @@ import mode
 from exchange_stream.core.recipient_token import RecipientTokens
 from exchange_stream.core.scoped_ids import ScopedIds
 from exchange_stream.infra.sql import q
+from exchange_stream.read.grants import NO_GRANTS, Grants
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,13 @@ LISTENER_NAME = "exchange-stream recipients listener"
 
 @dataclass(frozen=True)
 class RecipientKeys:
-    """What a worker knows of one recipient: whether it is active and which versions resolve."""
+    """What a worker knows of one recipient: whether it is active, which versions resolve, and
+    what its grants allow."""
 
     recipient: str
     active: bool
     versions: tuple[int, ...]
+    grants: Grants = NO_GRANTS
 
     @property
     def current(self) -> int | None:
@@ -102,6 +105,7 @@ class RecipientTokenService(mode.Service):
             return
         try:
             await self._pool().execute(q("recipients_ensure"), LOCAL_DEV_RECIPIENT)
+            await self._pool().execute(q("recipients_ensure_grant"), LOCAL_DEV_RECIPIENT)
         except Exception as exc:
             # Postgres down or not migrated yet: the worker still starts; dev reads will 403.
             log.warning(
@@ -133,7 +137,12 @@ class RecipientTokenService(mode.Service):
         keys = (
             None
             if row is None
-            else RecipientKeys(recipient, row["status"] == "active", tuple(row["versions"]))
+            else RecipientKeys(
+                recipient,
+                row["status"] == "active",
+                tuple(row["versions"]),
+                Grants.of(row["grants"]),
+            )
         )
         if generation == self._generation:
             self._cache[recipient] = (time.monotonic() + self.ttl_s, keys)

@@ -195,6 +195,50 @@ RESULTS: list[tuple[str, str, dict[str, Any]]] = [
     ("recipients_retire_key", "failed", {"recipient": "payer-x", "version": 3}),
     ("recipients_revoke", "succeeded", {"recipient": "payer-x", "status": "revoked"}),
     (
+        "recipients_grant",
+        "succeeded",
+        {
+            "recipient": "payer-x",
+            "grant": {
+                "grant_id": 7,
+                "sources": ["hospital-a"],
+                "kinds": None,
+                "from": "2024-01-01",
+                "until": None,
+                "created_at": "2026-12-03T08:00:00+00:00",
+                "revoked_at": None,
+            },
+        },
+    ),
+    (
+        "recipients_grants",
+        "succeeded",
+        {
+            "recipient": "payer-x",
+            "count": 1,
+            "grants": [
+                {
+                    "grant_id": 7,
+                    "sources": ["hospital-a"],
+                    "kinds": None,
+                    "from": "2024-01-01",
+                    "until": None,
+                    "created_at": "2026-12-03T08:00:00+00:00",
+                    "revoked_at": None,
+                }
+            ],
+        },
+    ),
+    ("recipients_revoke_grant", "succeeded", {"recipient": "payer-x", "revoked_grant": 7}),
+    ("recipients_revoke_grant", "failed", {"recipient": "payer-x", "grant_id": 7}),
+    ("opt_outs_add", "succeeded", {"accepted": 3, "opt_outs": 12}),
+    ("opt_outs_remove", "succeeded", {"accepted": 1, "opt_outs": 11}),
+    (
+        "export",
+        "succeeded",
+        {"export_id": "5f0c1f5e-0000-4000-8000-000000000001", "files": 2, "resources": 10},
+    ),
+    (
         "materialize-patient-index",
         "succeeded",
         {

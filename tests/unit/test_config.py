@@ -36,6 +36,7 @@ def test_local_defaults_match_the_local_stack() -> None:
         "record.ingested.v2.dlq",
         "exchange.control",
         "exchange.control.results",
+        "exchange.exports",
     ]
     assert (s.topic_partitions, s.max_attempts, s.backoff_base_ms, s.web_port) == (6, 5, 200, 8080)
 
