@@ -476,6 +476,7 @@ def isolated_env(label: str) -> dict[str, str]:
         "KAFKA_DLQ_TOPIC_V1": f"{prefix}.v1.dlq",
         "KAFKA_DLQ_TOPIC_V2": f"{prefix}.v2.dlq",
         "TOPIC_CONTROL": f"{prefix}.control",
+        "TOPIC_EXPORTS": f"{prefix}.exports",
         "APP_ID": f"{label}-{run}",
     }
 

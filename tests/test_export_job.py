@@ -259,7 +259,6 @@ async def exporting_worker(
     workdir: Path, label: str, env: Mapping[str, str] | None = None
 ) -> AsyncIterator[tuple[WorkerProcess, str]]:
     isolated = isolated_env(label)
-    isolated["TOPIC_EXPORTS"] = f"{isolated['APP_ID']}.exports"
     full = {**SHARED_WORKER_ENV, **isolated, **EXPORT_ENV, **(env or {})}
     await ensure_topics(Settings.from_env({**os.environ, **full, "ENV": "local"}))
     async with running_worker(workdir, full) as worker:

@@ -134,6 +134,9 @@ class Settings:
     export_max_running: int = 2
     export_concurrency: int = 2
     export_page_rows: int = 5000
+    # An export runs in a child process this much nicer than the worker (ops/export_process.py):
+    # the worker's requests get the CPU first. 0 to 19.
+    export_nice: int = 19
     # The read audit (read/audit.py) writes what it gathered at most this long after a read.
     read_audit_flush_ms: int = 500
     web_bind: str = "127.0.0.1"
@@ -306,6 +309,7 @@ class Settings:
             export_max_running=get_int("EXPORT_MAX_RUNNING", 2, 1),
             export_concurrency=get_int("EXPORT_CONCURRENCY", 2, 1),
             export_page_rows=get_int("EXPORT_PAGE_ROWS", 5000, 1),
+            export_nice=get_int("EXPORT_NICE", 19, 0),
             read_audit_flush_ms=get_int("READ_AUDIT_FLUSH_MS", 500, 1),
             web_bind=get("WEB_BIND", "127.0.0.1"),
             event_loop=get_choice("EVENT_LOOP", "uvloop", ("uvloop", "asyncio")),

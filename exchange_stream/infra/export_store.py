@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 PART_BYTES = 8 << 20
 MIN_PART_BYTES = 5 << 20
 STREAM_CHUNK_BYTES = 64 << 10
+SEND_SLICE_BYTES = 256 << 10
 PART_ATTEMPTS = 3
 DELETE_CONCURRENCY = 8
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -253,7 +254,8 @@ class MultipartWriter:
     async def _send_part(self) -> None:
         # One part in flight at a time: the previous must have gone before this one leaves.
         await self._wait_in_flight()
-        part, self._buffer = bytes(self._buffer), bytearray()
+        # The filled buffer itself becomes the part (no copy of 8 MiB on the event loop).
+        part, self._buffer = self._buffer, bytearray()
         self._etags.append("")
         number = len(self._etags)
         self._in_flight = asyncio.create_task(self._upload(number, part))
@@ -263,7 +265,7 @@ class MultipartWriter:
             task, self._in_flight = self._in_flight, None
             await task
 
-    async def _upload(self, number: int, part: bytes) -> None:
+    async def _upload(self, number: int, part: bytearray) -> None:
         # Hashing 8 MiB takes a few milliseconds; off the event loop (hashlib drops the GIL).
         sha = await asyncio.to_thread(lambda: hashlib.sha256(part).hexdigest())
         for attempt in range(1, PART_ATTEMPTS + 1):
@@ -271,7 +273,8 @@ class MultipartWriter:
                 async with self.store.client.put(
                     self.key,
                     params={"partNumber": str(number), "uploadId": self.upload_id or ""},
-                    data=part,
+                    data=_slices(part),
+                    data_length=len(part),
                     content_sha256=sha,
                 ) as resp:
                     await resp.read()
@@ -285,6 +288,14 @@ class MultipartWriter:
                 if attempt == PART_ATTEMPTS:
                     raise _unavailable(exc) from exc
             await asyncio.sleep(0.2 * attempt)
+
+
+async def _slices(part: bytearray) -> AsyncIterator[memoryview]:
+    """A part as a body sent ``SEND_SLICE_BYTES`` at a time: each write (and whatever copy the
+    transport makes of what the socket did not take) holds the event loop briefly."""
+    view = memoryview(part)
+    for start in range(0, len(view), SEND_SLICE_BYTES):
+        yield view[start : start + SEND_SLICE_BYTES]
 
 
 @contextlib.asynccontextmanager

@@ -21,6 +21,11 @@ exports topic; a worker's export agent (``ops/export_worker.py``) runs it here. 
    execution; at the end marks the export ``completed`` with its files and writes its
    ``read_audit`` row, in one such transaction.
 
+The run executes in a process of its own at a lower CPU priority (``ops/export_process.py``,
+``EXPORT_NICE``): the worker keeps the framework's part (claim, heartbeats, ``job_runs``) and
+its requests the CPU first. A process that stops without an outcome is started again, from the
+checkpoint, up to ``PROCESS_ATTEMPTS`` times; then the export fails.
+
 Opt-outs recorded while the export runs: the pages read after the opt-out's commit leave its
 records out, and the files written before it may hold some. So before completing, the run looks
 for records opted out by a transaction its first snapshot (taken before its first page, kept in
@@ -69,8 +74,10 @@ import orjson
 from exchange_stream.core.fhir import BUILDERS, KIND_OF_TYPE, RESOURCE_TYPES, fhir_id, patient
 from exchange_stream.core.scoped_ids import ScopedIds
 from exchange_stream.core.timefmt import parse_time, rfc3339
+from exchange_stream.infra.config import Settings
 from exchange_stream.infra.export_store import ExportStore, MultipartWriter
 from exchange_stream.infra.sql import q
+from exchange_stream.ops import export_process
 from exchange_stream.ops.checkpoint import Checkpoint
 from exchange_stream.ops.framework import (
     Fenced,
@@ -90,13 +97,17 @@ ITEM_FIELD = {"encounter": "encounter_id", "claim": "claim_id", "lab_result": "r
 # The only Observation category canonical data holds (lab results).
 LAB_CATEGORY = "laboratory"
 # Rows whose ids are issued together (a few cipher calls a chunk, not one per row).
-CHUNK_ROWS = 500
+CHUNK_ROWS = 100
 # The longest the run holds the event loop: a request the worker serves meanwhile waits at most
-# this long at each of its awaits (it has several), so its latency stays close to its own.
-SLICE_S = 0.001
+# this long at each of its awaits (it has several), so its latency stays close to its own. A
+# chunk's ids and parsing (about 0.6 ms for 100 rows) run in one go, before the first look.
+SLICE_S = 0.0005
 # Rows built between two looks at the clock.
 CLOCK_EVERY = 8
 FIRST_ROW = ("0", str(uuid.UUID(int=0)))
+# An export process that stops without an outcome (killed, out of memory) is started again, from
+# the checkpoint, this many times in all before the export fails.
+PROCESS_ATTEMPTS = 3
 CONTENT_TYPE = "application/fhir+ndjson"
 
 
@@ -242,30 +253,57 @@ class _File:
             await self.writer.write(data)
 
 
+@dataclass(frozen=True)
+class ExportResources:
+    """What a run uses: its settings, a pool, the export bucket, and the ``job_runs`` run and
+    execution it writes under (its fence)."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    store: ExportStore
+    job_run_id: uuid.UUID
+    execution: int
+    correlation_id: str | None = None
+
+
+def claim_message(
+    ctx: OpsContext, export_id: uuid.UUID, claimed: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What the export process is handed: the run it executes under, and the export claimed."""
+    return {
+        "export_id": str(export_id),
+        "job_run_id": str(ctx.job_run_id),
+        "execution": ctx.execution,
+        "correlation_id": ctx.correlation_id,
+        "recipient_id": claimed["recipient_id"],
+        "params": dict(claimed["params"]),
+        "horizon": claimed["horizon"],
+    }
+
+
 class ExportRun:
-    """One execution of one export's run (see the module docstring)."""
+    """One execution of one export's run (see the module docstring); ``claimed`` holds the
+    export's ``recipient_id``, ``params`` and ``horizon``."""
 
     def __init__(
         self,
-        ctx: OpsContext,
+        res: ExportResources,
         export_id: uuid.UUID,
-        claimed: asyncpg.Record,
+        claimed: Mapping[str, Any],
         progress: ProgressFn,
     ) -> None:
-        if ctx.export_store is None or ctx.job_run_id is None or ctx.execution is None:
-            raise RuntimeError("an export runs under run_recorded with an export store")
-        self.ctx = ctx
-        self.pool: asyncpg.Pool = ctx.pool
-        self.store: ExportStore = ctx.export_store
-        self.job_run_id: uuid.UUID = ctx.job_run_id
-        self.run_execution: int = ctx.execution
+        self.res = res
+        self.pool: asyncpg.Pool = res.pool
+        self.store: ExportStore = res.store
+        self.job_run_id: uuid.UUID = res.job_run_id
+        self.run_execution: int = res.execution
         self.export_id = export_id
         self.recipient: str = claimed["recipient_id"]
         self.plan = plan_of(claimed["params"])
         self.horizon: str = claimed["horizon"]
         self.report = progress
-        self.settings = ctx.settings
-        self.ids = ScopedIds(ctx.settings.recipient_token_secret)
+        self.settings = res.settings
+        self.ids = ScopedIds(res.settings.recipient_token_secret)
         self.checkpoint = Checkpoint(self.pool, job_name(export_id))
         self.state: dict[str, Any] = {}
         self.file: _File | None = None
@@ -585,7 +623,7 @@ class ExportRun:
                     self.settings.export_retention_hours,
                     self.plan.kinds,
                     self.state["totals"]["resources"],
-                    self.ctx.correlation_id,
+                    self.res.correlation_id,
                 )
                 break
         if expires_at is None:
@@ -701,6 +739,11 @@ class ExportRun:
         await self.pool.execute(q("export_job_files_deleted"), self.export_id)
         return {**self._summary("cancelled"), "files_deleted": deleted}
 
+    async def fail(self, error: str) -> None:
+        """End the export ``failed`` with ``error`` (shown to the recipient) under the fence;
+        for a run whose process stopped before it could."""
+        await self._end("failed", error)
+
     async def _end(self, status: str, error: str | None) -> None:
         totals = self.state.get("totals") or {"resources": 0}
         async with self.pool.acquire() as conn, conn.transaction():
@@ -713,7 +756,7 @@ class ExportRun:
                 error,
                 self.plan.kinds,
                 totals["resources"],
-                self.ctx.correlation_id,
+                self.res.correlation_id,
             )
 
     def _summary(self, status: str) -> dict[str, Any]:
@@ -775,7 +818,32 @@ async def run(ctx: OpsContext, params: dict[str, Any], progress: ProgressFn) -> 
             raise OperationFailed("another live run is running this export")
         # Ended before (a redelivered command): nothing more to do.
         return {"export_id": str(export_id), "status": row["status"], "files": len(row["output"])}
-    return await ExportRun(ctx, export_id, claimed, progress).execute()
+    if ctx.export_store is None or ctx.job_run_id is None or ctx.execution is None:
+        raise RuntimeError("an export runs under run_recorded with an export store")
+    claim = claim_message(ctx, export_id, claimed)
+    for attempt in range(1, PROCESS_ATTEMPTS + 1):
+        try:
+            return await export_process.run_child(ctx.settings, claim, progress)
+        except export_process.ProcessStopped as exc:
+            fields = {"export_id": str(export_id), "attempt": attempt, "exit_code": exc.code}
+            log.warning("export process stopped", extra={"fields": fields})
+    resources = ExportResources(
+        ctx.settings,
+        ctx.pool,
+        ctx.export_store,
+        ctx.job_run_id,
+        ctx.execution,
+        ctx.correlation_id,
+    )
+    await ExportRun(resources, export_id, claim, progress).fail("the export process stopped")
+    raise OperationFailed("the export process stopped")
+
+
+async def execute_claim(
+    res: ExportResources, claim: Mapping[str, Any], progress: ProgressFn
+) -> dict[str, Any]:
+    """The run itself, in the export process (``ops/export_child.py``)."""
+    return await ExportRun(res, uuid.UUID(claim["export_id"]), claim, progress).execute()
 
 
 OPERATION = Operation(
