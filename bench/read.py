@@ -246,8 +246,12 @@ async def explain(conn: asyncpg.Connection, master: str, *, generic: bool) -> li
     """
     # EXECUTE takes no bind parameters: the token goes in as a literal quoted by Postgres.
     token = await conn.fetchval("SELECT quote_literal($1::text)", master)
-    # The last argument is the credential's kinds: NULL, every kind (``Bearer dev``).
-    args = f"{token}, 'encounter', '{_EPOCH}', '{uuid.UUID(int=0)}', {RECORDS_PAGE}, NULL"
+    # Then the credential's kinds: NULL, every kind (``Bearer dev``); and its grants: a grant of
+    # everything (read/grants.py).
+    args = (
+        f"{token}, 'encounter', '{_EPOCH}', '{uuid.UUID(int=0)}', {RECORDS_PAGE}, NULL,"
+        " true, '{}', '{}', '{}', '{}'"
+    )
     name = f"bench_read_{uuid.uuid4().hex[:8]}"
     async with conn.transaction():
         await conn.execute(
