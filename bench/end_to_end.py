@@ -112,6 +112,7 @@ class IsolatedRun:
             "KAFKA_DLQ_TOPIC_V1": f"{prefix}.v1.dlq",
             "KAFKA_DLQ_TOPIC_V2": f"{prefix}.v2.dlq",
             "TOPIC_CONTROL": f"{prefix}.control",
+            "TOPIC_EXPORTS": f"{prefix}.exports",
         }
         self.partitions = partitions
         self.created = False

@@ -58,6 +58,7 @@ class Pair:
             "KAFKA_DLQ_TOPIC_V1": f"{prefix}.v1.dlq",
             "KAFKA_DLQ_TOPIC_V2": f"{prefix}.v2.dlq",
             "TOPIC_CONTROL": f"{prefix}.control",
+            "TOPIC_EXPORTS": f"{prefix}.exports",
             "CONTROL_HEARTBEAT_S": "0.5",
             "CONTROL_TAKEOVER_AFTER_S": "5",
             "KAFKA_SESSION_TIMEOUT_S": "6",

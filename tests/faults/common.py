@@ -90,6 +90,7 @@ class FaultRun:
             "KAFKA_DLQ_TOPIC_V1": f"{prefix}.v1.dlq",
             "KAFKA_DLQ_TOPIC_V2": f"{prefix}.v2.dlq",
             "TOPIC_CONTROL": f"{prefix}.control",
+            "TOPIC_EXPORTS": f"{prefix}.exports",
         }
 
     def env(self) -> dict[str, str]:
