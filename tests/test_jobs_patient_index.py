@@ -322,7 +322,7 @@ async def test_unknown_job_and_bad_params_are_refused() -> None:
         resolve(RUN_JOB, {"job": NAME, "params": {"bogus": 1}})
     cli = await run_jobs_cli("run", NAME, "--stuck-after-s", "5")
     assert cli.returncode == 2 and "unrecognized arguments: --stuck-after-s" in cli.stderr
-    assert set(JOBS) == {"materialize-patient-index", "data-quality", "link-persons"}
+    assert set(JOBS) == {"materialize-patient-index", "data-quality", "link-persons", "export"}
 
 
 async def test_a_run_is_recorded_with_progress_and_result(db: asyncpg.Pool, source: str) -> None:

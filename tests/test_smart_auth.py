@@ -523,6 +523,11 @@ async def test_a_smart_type_scope_reads_only_those_kinds(
         assert status == 202, resp
         ids.append(resp["record_id"])
     await wait_canonical(db, ids)
+    # Grants deny by default: this recipient may read every source, its token's scope narrows it.
+    code, report = await run_cli(
+        "recipients", "grant", client.id, "--all-sources", "--local", env=CLI_ENV
+    )
+    assert code == 0, report
 
     async def read_as(scope: str) -> dict:
         status, granted, _ = await _token(
