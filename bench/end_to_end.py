@@ -28,7 +28,10 @@ canonical transaction (its now()). Per rate: accepted/s, ingest p50/p99, 202->ca
 p50/p95/p99, the records without a canonical row when the load window closed ("behind"), the
 worker's CPU during the load (% of one core) and per record (load and drain), the event-loop lag
 from the worker's ``event_loop_lag_seconds`` histogram when it has one (bucket upper bounds),
-the client's CPU and how busy the machine was. JSON goes to bench/results/end_to_end.json.
+the client's CPU and how busy the machine was; and the work of one record as the services
+count it: transactions, rows written and read, blocks and sessions of the run's database
+(``pg_stat_database``), and the workers' raw store calls (``raw_store_calls_total``: S3 PUT and
+GET, and reads served from the recent bodies). JSON goes to bench/results/end_to_end.json.
 """
 
 from __future__ import annotations
@@ -361,6 +364,82 @@ async def _scrape_buckets(url: str, name: str) -> Buckets | None:
     return buckets or None
 
 
+# The work of one record, counted by the services: the database's own counters (this run's
+# database alone) and the workers' raw store calls. Per accepted record, load and drain.
+DB_WORK = """
+SELECT xact_commit, tup_inserted, tup_updated, tup_deleted, tup_returned, tup_fetched,
+       blks_hit + blks_read AS blocks, sessions
+FROM pg_stat_database WHERE datname = current_database()
+"""
+RAW_CALLS = ("put", "get", "get_cached", "delete")
+WRITTEN = ("tup_inserted", "tup_updated", "tup_deleted")
+# Per table: rows written, rows read by sequential scans and by index scans.
+TABLE_WORK = """
+SELECT relname, n_tup_ins + n_tup_upd + n_tup_del AS written,
+       coalesce(seq_tup_read, 0) AS seq_read, coalesce(idx_tup_fetch, 0) AS idx_read,
+       coalesce(seq_scan, 0) AS seq_scans
+FROM pg_stat_user_tables
+"""
+
+
+async def _db_work(dsn: str) -> dict[str, float]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(DB_WORK)
+        tables = await conn.fetch(TABLE_WORK)
+    finally:
+        await conn.close()
+    work = {k: float(v) for k, v in row.items()}
+    for t in tables:
+        for k in ("written", "seq_read", "idx_read", "seq_scans"):
+            work[f"{t['relname']}.{k}"] = float(t[k])
+    return work
+
+
+async def _raw_calls(urls: Sequence[str]) -> dict[str, float]:
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    calls = dict.fromkeys(RAW_CALLS, 0.0)
+    async with aiohttp.ClientSession() as http:
+        for url in urls:
+            async with http.get(f"{url}/metrics") as r:
+                text = await r.text()
+            for family in text_string_to_metric_families(text):
+                for s in family.samples:
+                    if s.name == "raw_store_calls_total" and s.labels.get("call") in calls:
+                        calls[s.labels["call"]] += s.value
+    return calls
+
+
+def work_counters(dsn: str, urls: Sequence[str]) -> dict[str, float]:
+    """The database's counters and the workers' raw store calls, once Postgres has published
+    what its backends did (they flush their counters at most once a second): read until two
+    reads a second apart agree on what was written, for at most 10 s (the reads themselves
+    are transactions, sessions and catalog rows read, so those are not compared)."""
+    last: dict[str, float] | None = None
+    for _ in range(10):
+        now = {**asyncio.run(_db_work(dsn)), **asyncio.run(_raw_calls(urls))}
+        settled = [k for k in now if k in WRITTEN or k in RAW_CALLS or k.endswith(".written")]
+        if last is not None and all(now[k] == last.get(k) for k in settled):
+            return now
+        last = now
+        time.sleep(1.0)
+    return last or {}
+
+
+def per_record(
+    before: Mapping[str, float], after: Mapping[str, float], records: int
+) -> dict[str, float]:
+    """Each counter's growth per record (the reads' own transactions and sessions, two and two
+    per measurement here, are left in: a few per thousand records)."""
+    if not records:
+        return {}
+    return {k: round((after[k] - before.get(k, 0.0)) / records, 2) for k in after}
+
+
 def scrape_lag(urls: Sequence[str]) -> Buckets | None:
     """The workers' ``event_loop_lag_seconds`` buckets, summed; None when none exports it."""
 
@@ -469,6 +548,7 @@ def measure(
     bodies_path = write_source_bodies(workdir / f"{source}.jsonl", source)
     urls = [f"{w.base_url}/v2/ingest" for w in workers]
     lag_before = scrape_lag([w.base_url for w in workers])
+    work_before = work_counters(dsn, [w.base_url for w in workers])
     groups = {f"worker-{i + 1}": [pid] for i, pid in enumerate(pids)}
     groups.update(others or {})
     # The children need about a second to start; the window is known before they do.
@@ -491,6 +571,7 @@ def measure(
     used = meter.cpu_seconds_since_start()
     lag_after = scrape_lag([w.base_url for w in workers])
     stats = asyncio.run(canonical_stats(dsn, source, load_end))
+    work = per_record(work_before, work_counters(dsn, [w.base_url for w in workers]), result.ok)
     worker_cpu_s = sum(v or 0.0 for k, v in used.items() if k.startswith("worker"))
     bodies_path.unlink()
     return Measurement(
@@ -514,6 +595,7 @@ def measure(
         client_processes=processes,
         machine_busy_pct=busy,
         loop_lag_ms=lag_summary(lag_before, lag_after),
+        extra={"per_record": work},
     )
 
 
@@ -554,6 +636,25 @@ def print_table(title: str, rows: Sequence[Measurement], slo_p99_ms: float) -> N
         print(format_row(m))
         if m.errors:
             print(f"{'':>6}errors: {m.errors}")
+    print("work per record (counted by Postgres for this run's database, and by the workers):")
+    for m in rows:
+        w = m.extra.get("per_record") or {}
+        if w:
+            print(
+                f"{m.target_rate:>6.0f}  pg: {w['xact_commit']:.2f} transactions, rows inserted "
+                f"{w['tup_inserted']:.2f} updated {w['tup_updated']:.2f} deleted "
+                f"{w['tup_deleted']:.2f}, rows read {w['tup_returned'] + w['tup_fetched']:.1f}, "
+                f"blocks {w['blocks']:.1f}, sessions {w['sessions']:.3f}; raw store: put "
+                f"{w['put']:.2f}, get {w['get']:.2f} (S3), {w['get_cached']:.2f} (cached), "
+                f"delete {w['delete']:.2f}"
+            )
+            for kind in ("written", "seq_read", "idx_read"):
+                top = sorted(
+                    ((k.rsplit(".", 1)[0], v) for k, v in w.items() if k.endswith(f".{kind}")),
+                    key=lambda kv: -kv[1],
+                )[:5]
+                shown = ", ".join(f"{t} {v:.2f}" for t, v in top if v > 0)
+                print(f"{'':>8}rows {kind.replace('_', ' ')} by table: {shown or 'none'}")
     print(
         f"highest rate with 202→canonical p99 ≤ {slo_p99_ms:g} ms and every request accepted: "
         f"{highest_within(rows, slo_p99_ms)}"
@@ -683,7 +784,7 @@ def run_variants(
                     idle_pids=all_pids,
                     drain_deadline_s=args.drain_deadline,
                 )
-                m.extra = {"variant": v.name, "env": {**common, **v.env}}
+                m.extra.update(variant=v.name, env={**common, **v.env})
                 rows.append(m)
                 print(f"{v.name:<12}{format_row(m)}", flush=True)
     finally:

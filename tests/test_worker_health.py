@@ -61,6 +61,8 @@ async def test_metrics_count_what_the_worker_did_and_labels_carry_no_patient_dat
         after_202 = await scrape(http, w)
         assert _delta(before, after_202, "ingest_requests_total", **accepted) == 1
         assert _delta(before, after_202, "ingest_requests_total", **refused) == 0
+        # The accepted record's raw body: one PUT.
+        assert _delta(before, after_202, "raw_store_calls_total", call="put") == 1
 
         unknown_kind = v2_body(source=source, patient=patient, record_kind="prescription")
         status, resp, _ = await post_json(http, url, unknown_kind, key=new_key())
@@ -80,6 +82,14 @@ async def test_metrics_count_what_the_worker_did_and_labels_carry_no_patient_dat
         final = await scrape(http, w)
         assert _delta(before, final, "normalizer_records_total", **canonical) == 1
         assert _delta(after_400, final, "ingest_requests_total", **accepted) == 0
+        # The refused request stored nothing; the normalizer read the body once (from the
+        # worker's recent bodies, or by one GET), and nothing was deleted.
+        assert _delta(before, final, "raw_store_calls_total", call="put") == 1
+        reads = [
+            _delta(before, final, "raw_store_calls_total", call=c) for c in ("get", "get_cached")
+        ]
+        assert sum(reads) == 1, reads
+        assert _delta(before, final, "raw_store_calls_total", call="delete") == 0
 
         pending = final[("outbox_pending", frozenset())]
         assert math.isfinite(pending) and pending >= 0

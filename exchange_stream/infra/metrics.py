@@ -62,6 +62,17 @@ outbox_relay_latency_seconds = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+raw_store_calls_total = Counter(
+    "raw_store_calls_total",
+    "Calls of the raw store: put and delete (S3 requests), get (an S3 GET) and get_cached (a"
+    " body still in the worker's recent bodies, no request).",
+    ["call"],
+    registry=REGISTRY,
+)
+# Bound once: the hot path increments a child, not a label lookup.
+RAW_STORE_CALLS = {
+    c: raw_store_calls_total.labels(c) for c in ("put", "get", "get_cached", "delete")
+}
 normalizer_records_total = Counter(
     "normalizer_records_total",
     "Records finished by the normalizer: outcome canonical or duplicate, by kind and hint.",

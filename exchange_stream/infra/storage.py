@@ -24,6 +24,7 @@ from datetime import datetime
 import aiohttp
 from aiohttp_s3_client import S3Client
 
+from exchange_stream.infra import metrics
 from exchange_stream.infra.config import Settings
 from exchange_stream.infra.s3http import EMPTY_SHA256, S3Http
 
@@ -90,6 +91,7 @@ class RawStore:
         """Store ``body``; its SHA-256 (computed when not given) is signed, so a body damaged
         in transit is refused by the server."""
         sha = sha256 or hashlib.sha256(body).hexdigest()
+        metrics.RAW_STORE_CALLS["put"].inc()
         try:
             resp = await self.http.put(key, body, sha256=sha, content_type=content_type)
         except (OSError, TimeoutError) as exc:
@@ -101,7 +103,9 @@ class RawStore:
 
     async def get(self, key: str) -> bytes:
         if self.recent is not None and (body := self.recent.take(key)) is not None:
+            metrics.RAW_STORE_CALLS["get_cached"].inc()
             return body
+        metrics.RAW_STORE_CALLS["get"].inc()
         try:
             resp = await self.http.get(key)
         except (OSError, TimeoutError) as exc:
@@ -116,6 +120,7 @@ class RawStore:
         """Remove the object at ``key`` (also from the recent bodies); a missing one is fine."""
         if self.recent is not None:
             self.recent.take(key)
+        metrics.RAW_STORE_CALLS["delete"].inc()
         try:
             resp = await self.http.delete(key)
         except (OSError, TimeoutError) as exc:
