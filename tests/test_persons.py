@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,10 +21,13 @@ import asyncpg
 
 from exchange_stream.core.match_tokens import MatchKeys, link, match_tokens
 from exchange_stream.core.matching import match_attributes
+from exchange_stream.infra.config import Settings
+from exchange_stream.infra.migrate import migrate
 from tests.conftest import SHARED_WORKER_ENV
 from tests.payloads import partner_a_v1_encounter
 from tests.support import (
     WorkerProcess,
+    drop_database,
     isolated_topics,
     post_json,
     run_cli,
@@ -364,3 +368,69 @@ async def test_a_bridging_record_merges_two_persons_and_the_merge_is_recorded(
     assert row is not None
     assert row["merged_into"] == row["into_id"] == survivor
     assert row["by_record"] == by_label["c"]
+
+
+async def test_the_linker_reads_match_tokens_by_index_after_the_table_outgrew_its_plans(
+    settings: Settings,
+) -> None:
+    """A session keeps its plans of ``link_records``. Made while match_tokens was small (a new
+    database, analyzed at a few rows), they must still look tokens up by index once the table
+    has grown, before anything analyzes it again (migration 0018): no row of match_tokens is
+    read by a sequential scan."""
+    name = f"linkplans_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(settings.dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    dsn = urllib.parse.urlsplit(settings.dsn)._replace(path=f"/{name}").geturl()
+    try:
+        await migrate(dsn)
+        conn = await asyncpg.connect(dsn)
+        try:
+            # Counters read afresh each time, from this backend's flushed statistics.
+            await conn.execute("SET stats_fetch_consistency = none")
+
+            async def link_batch(n: int) -> None:
+                ids = [uuid.uuid4() for _ in range(n)]
+                await conn.executemany(
+                    "INSERT INTO canonical_records (record_id, source, raw_object_key,"
+                    " raw_sha256, normalized, ingested_at, correlation_id, event_version,"
+                    " record_kind, schema_hint) VALUES ($1::uuid, 'plans', $1::uuid::text,"
+                    " repeat('0', 64), '{}', now(), 'test', '2', 'encounter', 'partnerA.v1')",
+                    [(i,) for i in ids],
+                )
+                owners = [i for i in ids for _ in range(4)]
+                rules = ["M1", "M2", "M3", "M6"] * n
+                tokens = [random.randbytes(32) for _ in owners]
+                await conn.execute(
+                    "SELECT link_records($1::uuid[], $2::uuid[], $3::text[], $4::bytea[])",
+                    ids,
+                    owners,
+                    rules,
+                    tokens,
+                )
+
+            async def seq_rows_read() -> int:
+                await conn.execute("SELECT pg_stat_force_next_flush()")
+                # A new transaction publishes what the last one counted.
+                await conn.execute("SELECT 1")
+                return await conn.fetchval(
+                    "SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables"
+                    " WHERE relname = 'match_tokens'"
+                )
+
+            for _ in range(3):
+                await link_batch(20)
+            await conn.execute("ANALYZE match_tokens")
+            for _ in range(8):  # past the five runs after which a generic plan is kept
+                await link_batch(20)
+            for _ in range(100):
+                await link_batch(20)
+            before = await seq_rows_read()
+            for _ in range(5):
+                await link_batch(20)
+            assert await seq_rows_read() - before == 0
+            assert await conn.fetchval("SELECT count(*) FROM match_tokens") == 116 * 20 * 4
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(settings.dsn, name)
