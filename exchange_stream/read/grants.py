@@ -6,19 +6,13 @@ admission, a claim's service date, a lab result's collection). The grants are ap
 the SQL of every read and export, never to rows already fetched, so a record outside them is
 not returned, counted or used to place a cursor.
 
-Every such statement takes the same five parameters, ``Grants.args``, and applies them with the
-same condition (``c`` is the canonical row)::
+Every such statement takes the same five parameters, ``Grants.args``, and applies them with
+one condition, the fragment ``granted`` of ``sql/queries/read.sql`` (taken in as
+``{granted $N}``; ``c`` is the canonical row).
 
-    ($g_all OR EXISTS (
-        SELECT 1 FROM unnest($g_sources::text[], $g_kinds::text[], $g_from::date[],
-                             $g_until::date[]) AS g(s, k, f, u)
-        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
-
-Each grant is one row per (source, kind) it names, NULL for "every". ``g_all`` is true when one
-grant allows everything, so the usual case costs the statement nothing per row. A recipient
-with no grant has no row: the ``EXISTS`` is false for every record.
+Each grant is one row per (source, kind) it names, NULL for "every". The first parameter is
+true when one grant allows everything, so the usual case costs the statement nothing per row. A
+recipient with no grant has no row: the ``EXISTS`` is false for every record.
 """
 
 from __future__ import annotations

@@ -69,11 +69,7 @@ WHERE c.record_kind = $1 AND (c.insert_xid, c.record_id) > ($2::text::xid8, $3::
   AND c.insert_xid < $4::text::xid8
   AND ($5::timestamptz IS NULL OR c.normalized_at >= $5)
   AND ($6::timestamptz IS NULL OR c.normalized_at <= $6)
-  AND ($8::bool OR EXISTS (
-        SELECT 1 FROM unnest($9::text[], $10::text[], $11::date[], $12::date[]) AS g(s, k, f, u)
-        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+  AND {granted $8}
   AND NOT EXISTS (SELECT 1 FROM opted_out_records o WHERE o.record_id = c.record_id)
 ORDER BY c.insert_xid, c.record_id
 LIMIT $7
@@ -100,11 +96,7 @@ WHERE p.person_id > $1 AND p.merged_into IS NULL
     JOIN canonical_records c ON c.record_id = rp.record_id
     WHERE rp.person_id = p.person_id
       AND c.insert_xid < $2::text::xid8
-  AND ($6::bool OR EXISTS (
-        SELECT 1 FROM unnest($7::text[], $8::text[], $9::date[], $10::date[]) AS g(s, k, f, u)
-        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+  AND {granted $6}
   AND NOT EXISTS (SELECT 1 FROM opted_out_records o WHERE o.record_id = c.record_id))
 ORDER BY p.person_id
 LIMIT $5
@@ -144,11 +136,7 @@ WHERE p.person_id = ANY($1::bigint[])
     JOIN canonical_records c ON c.record_id = rp.record_id
     WHERE rp.person_id = p.person_id
       AND c.insert_xid < $2::text::xid8
-      AND ($3::bool OR EXISTS (
-            SELECT 1 FROM unnest($4::text[], $5::text[], $6::date[], $7::date[]) AS g(s, k, f, u)
-            WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-              AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-              AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+      AND {granted $3}
       AND NOT EXISTS (SELECT 1 FROM opted_out_records o WHERE o.record_id = c.record_id))
 
 -- name: export_job_complete

@@ -11,16 +11,22 @@
 -- close the WHERE of each statement over canonical rows, so a record outside them is never
 -- returned, counted, or used to place a cursor.
 
+-- fragment: granted
+-- The grant condition on canonical row c, taken in as {granted $N} (infra/sql.py): $1 a grant
+-- of everything, or one of the grants ($2 sources, $3 kinds, $4 first days, $5 last days, a row
+-- each; null for any) allows c's source, kind and day. Export pages use it too.
+($1::bool OR EXISTS (
+        SELECT 1 FROM unnest($2::text[], $3::text[], $4::date[], $5::date[]) AS g(s, k, f, u)
+        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
+          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
+          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+
 -- name: read_patient_exists
 -- $1 master token, $2 kinds or null, $3-$7 grants
 SELECT EXISTS (
     SELECT 1 FROM canonical_records c
     WHERE c.normalized ->> 'patient_token' = $1 AND ($2::text[] IS NULL OR c.record_kind = ANY($2))
-  AND ($3::bool OR EXISTS (
-        SELECT 1 FROM unnest($4::text[], $5::text[], $6::date[], $7::date[]) AS g(s, k, f, u)
-        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+  AND {granted $3}
   AND NOT EXISTS (SELECT 1 FROM opted_out_records o WHERE o.record_id = c.record_id)
 )
 
@@ -31,11 +37,7 @@ SELECT c.record_id, c.ingested_at, c.normalized -> $2 AS object
 FROM canonical_records c
 WHERE c.normalized ->> 'patient_token' = $1 AND c.record_kind = $2
   AND (c.ingested_at, c.record_id) > ($3, $4) AND ($6::text[] IS NULL OR $2 = ANY($6))
-  AND ($7::bool OR EXISTS (
-        SELECT 1 FROM unnest($8::text[], $9::text[], $10::date[], $11::date[]) AS g(s, k, f, u)
-        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+  AND {granted $7}
   AND NOT EXISTS (SELECT 1 FROM opted_out_records o WHERE o.record_id = c.record_id)
 ORDER BY c.ingested_at, c.record_id
 LIMIT $5
@@ -48,11 +50,7 @@ LIMIT $5
 SELECT EXISTS (
     SELECT 1 FROM canonical_records c
     WHERE c.normalized ->> 'patient_token' = $1 AND ($2::text[] IS NULL OR c.record_kind = ANY($2))
-  AND ($3::bool OR EXISTS (
-        SELECT 1 FROM unnest($4::text[], $5::text[], $6::date[], $7::date[]) AS g(s, k, f, u)
-        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+  AND {granted $3}
   AND NOT EXISTS (SELECT 1 FROM opted_out_records o WHERE o.record_id = c.record_id)
 ) AS found, (
     SELECT min(coalesce(p.merged_into, p.person_id))
@@ -61,11 +59,7 @@ SELECT EXISTS (
     JOIN persons p ON p.person_id = rp.person_id
     WHERE c.normalized ->> 'patient_token' = $1
       AND ($2::text[] IS NULL OR c.record_kind = ANY($2))
-  AND ($3::bool OR EXISTS (
-        SELECT 1 FROM unnest($4::text[], $5::text[], $6::date[], $7::date[]) AS g(s, k, f, u)
-        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+  AND {granted $3}
   AND NOT EXISTS (SELECT 1 FROM opted_out_records o WHERE o.record_id = c.record_id)
 ) AS person_id
 
@@ -92,11 +86,7 @@ WHERE EXISTS (
     SELECT 1 FROM record_persons rp
     JOIN canonical_records c ON c.record_id = rp.record_id
     WHERE rp.person_id = s.person_id AND ($2::text[] IS NULL OR c.record_kind = ANY($2))
-  AND ($3::bool OR EXISTS (
-        SELECT 1 FROM unnest($4::text[], $5::text[], $6::date[], $7::date[]) AS g(s, k, f, u)
-        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+  AND {granted $3}
   AND NOT EXISTS (SELECT 1 FROM opted_out_records o WHERE o.record_id = c.record_id)
 )
 
@@ -115,11 +105,7 @@ WHERE rp.person_id = (SELECT coalesce(merged_into, person_id) FROM persons WHERE
   AND (c.ingested_at, c.record_id) > ($2, $3)
   AND ($5::text[] IS NULL OR c.record_kind = ANY($5))
   AND ($6::text IS NULL OR c.record_kind = $6)
-  AND ($7::bool OR EXISTS (
-        SELECT 1 FROM unnest($8::text[], $9::text[], $10::date[], $11::date[]) AS g(s, k, f, u)
-        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+  AND {granted $7}
   AND NOT EXISTS (SELECT 1 FROM opted_out_records o WHERE o.record_id = c.record_id)
 ORDER BY c.ingested_at, c.record_id
 LIMIT $4
@@ -144,11 +130,7 @@ WITH horizon AS (
     SELECT CASE WHEN $6 THEN least(
                coalesce((SELECT min(c.insert_xid) FROM canonical_records c
                          WHERE c.normalized_at >= $5
-  AND ($7::bool OR EXISTS (
-        SELECT 1 FROM unnest($8::text[], $9::text[], $10::date[], $11::date[]) AS g(s, k, f, u)
-        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+  AND {granted $7}
   AND NOT EXISTS (SELECT 1 FROM opted_out_records o WHERE o.record_id = c.record_id)),
                         xmin),
                xmin)
@@ -162,11 +144,7 @@ WITH horizon AS (
    AND c.insert_xid < (SELECT xmin FROM horizon) AND c.insert_xid >= (SELECT xid FROM start)
    AND ($4::text[] IS NULL OR c.record_kind = ANY($4))
    AND ($5::timestamptz IS NULL OR c.normalized_at >= $5)
-  AND ($7::bool OR EXISTS (
-        SELECT 1 FROM unnest($8::text[], $9::text[], $10::date[], $11::date[]) AS g(s, k, f, u)
-        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+  AND {granted $7}
   AND NOT EXISTS (SELECT 1 FROM opted_out_records o WHERE o.record_id = c.record_id)
  ORDER BY c.insert_xid, c.record_id
  LIMIT $3)
@@ -183,11 +161,7 @@ WITH horizon AS (
     SELECT CASE WHEN $6 THEN least(
                coalesce((SELECT min(c.insert_xid) FROM canonical_records c
                          WHERE c.normalized_at >= $5 AND c.record_kind = $7
-  AND ($8::bool OR EXISTS (
-        SELECT 1 FROM unnest($9::text[], $10::text[], $11::date[], $12::date[]) AS g(s, k, f, u)
-        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+  AND {granted $8}
   AND NOT EXISTS (SELECT 1 FROM opted_out_records o WHERE o.record_id = c.record_id)),
                         xmin),
                xmin)
@@ -202,11 +176,7 @@ WITH horizon AS (
    AND c.insert_xid < (SELECT xmin FROM horizon) AND c.insert_xid >= (SELECT xid FROM start)
    AND ($4::text[] IS NULL OR c.record_kind = ANY($4))
    AND ($5::timestamptz IS NULL OR c.normalized_at >= $5)
-  AND ($8::bool OR EXISTS (
-        SELECT 1 FROM unnest($9::text[], $10::text[], $11::date[], $12::date[]) AS g(s, k, f, u)
-        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+  AND {granted $8}
   AND NOT EXISTS (SELECT 1 FROM opted_out_records o WHERE o.record_id = c.record_id)
  ORDER BY c.insert_xid, c.record_id
  LIMIT $3)
@@ -223,11 +193,7 @@ WITH horizon AS (
     SELECT CASE WHEN $6 THEN least(
                coalesce((SELECT min(c.insert_xid) FROM canonical_records c
                          WHERE c.normalized_at >= $5 AND c.source = $7
-  AND ($8::bool OR EXISTS (
-        SELECT 1 FROM unnest($9::text[], $10::text[], $11::date[], $12::date[]) AS g(s, k, f, u)
-        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+  AND {granted $8}
   AND NOT EXISTS (SELECT 1 FROM opted_out_records o WHERE o.record_id = c.record_id)),
                         xmin),
                xmin)
@@ -242,11 +208,7 @@ WITH horizon AS (
    AND c.insert_xid < (SELECT xmin FROM horizon) AND c.insert_xid >= (SELECT xid FROM start)
    AND ($4::text[] IS NULL OR c.record_kind = ANY($4))
    AND ($5::timestamptz IS NULL OR c.normalized_at >= $5)
-  AND ($8::bool OR EXISTS (
-        SELECT 1 FROM unnest($9::text[], $10::text[], $11::date[], $12::date[]) AS g(s, k, f, u)
-        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+  AND {granted $8}
   AND NOT EXISTS (SELECT 1 FROM opted_out_records o WHERE o.record_id = c.record_id)
  ORDER BY c.insert_xid, c.record_id
  LIMIT $3)
@@ -264,11 +226,7 @@ WITH horizon AS (
     SELECT CASE WHEN $6 THEN least(
                coalesce((SELECT min(c.insert_xid) FROM canonical_records c
                          WHERE c.normalized_at >= $5 AND c.source = $7 AND c.record_kind = $8
-  AND ($9::bool OR EXISTS (
-        SELECT 1 FROM unnest($10::text[], $11::text[], $12::date[], $13::date[]) AS g(s, k, f, u)
-        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+  AND {granted $9}
   AND NOT EXISTS (SELECT 1 FROM opted_out_records o WHERE o.record_id = c.record_id)),
                         xmin),
                xmin)
@@ -283,11 +241,7 @@ WITH horizon AS (
    AND c.insert_xid < (SELECT xmin FROM horizon) AND c.insert_xid >= (SELECT xid FROM start)
    AND ($4::text[] IS NULL OR c.record_kind = ANY($4))
    AND ($5::timestamptz IS NULL OR c.normalized_at >= $5)
-  AND ($9::bool OR EXISTS (
-        SELECT 1 FROM unnest($10::text[], $11::text[], $12::date[], $13::date[]) AS g(s, k, f, u)
-        WHERE (g.s IS NULL OR g.s = c.source) AND (g.k IS NULL OR g.k = c.record_kind)
-          AND (g.f IS NULL OR record_day(c.normalized) >= g.f)
-          AND (g.u IS NULL OR record_day(c.normalized) <= g.u)))
+  AND {granted $9}
   AND NOT EXISTS (SELECT 1 FROM opted_out_records o WHERE o.record_id = c.record_id)
  ORDER BY c.insert_xid, c.record_id
  LIMIT $3)
