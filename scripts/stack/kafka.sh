@@ -324,7 +324,12 @@ cds_opts() {
 format_storage() {
   [[ -f "$DATA_DIR/meta.properties" ]] && return 0
   local cid
-  cid="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+  # A URL-safe base64 id may begin with '-', which the tool's argument parser
+  # then reads as an option (as Kafka's own random-uuid, draw again).
+  cid="-"
+  while [[ "$cid" == -* ]]; do
+    cid="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+  done
   say "formatting KRaft storage in $(rel "$DATA_DIR") (cluster id $cid)"
   if ! "$JAVA" "${JVM_OPTS[@]}" kafka.tools.StorageTool format \
         -t "$cid" -c "$SERVER_PROPS" --ignore-formatted >>"$LOG" 2>&1; then
