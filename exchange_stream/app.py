@@ -23,6 +23,7 @@ from exchange_stream.infra.config import Settings
 from exchange_stream.infra.runtime import Runtime
 from exchange_stream.ops import control, export_worker
 from exchange_stream.pipeline import agents
+from exchange_stream.pipeline.backlog import Backlog
 from exchange_stream.pipeline.gate import DependencyGate
 from exchange_stream.pipeline.normalize import Normalizer
 from exchange_stream.pipeline.outbox import OutboxRelay
@@ -86,6 +87,7 @@ class ExchangeApp(faust.App):
 
     runtime: Runtime
     relay: OutboxRelay
+    backlog: Backlog
     tokens: RecipientTokenService
     audit: ReadAudit
     web_context: WebContext
@@ -95,6 +97,7 @@ class ExchangeApp(faust.App):
         return [
             self.runtime,
             self.relay,
+            self.backlog,
             self.tokens,
             self.audit,
             *super().on_init_dependencies(),
@@ -162,6 +165,7 @@ def create_app(settings: Settings) -> ExchangeApp:
     gate = DependencyGate(runtime.probe)
     app.runtime = runtime
     app.relay = OutboxRelay(settings, runtime, beacon=app.beacon)
+    app.backlog = Backlog(settings, runtime, beacon=app.beacon)
     app.tokens = RecipientTokenService(
         lambda: runtime.pool,
         settings.recipient_token_secret,
@@ -180,6 +184,7 @@ def create_app(settings: Settings) -> ExchangeApp:
         resources=runtime,
         tokens=app.tokens,
         audit=app.audit,
+        backlog=app.backlog,
         match_keys=MatchKeys(settings.match_token_secret),
     )
     agents.register(app, Normalizer(settings, runtime, gate))

@@ -14,6 +14,7 @@ from exchange_stream.infra.config import Settings
 from exchange_stream.infra.export_store import ExportStore
 from exchange_stream.infra.runtime import Runtime
 from exchange_stream.infra.storage import RawStore
+from exchange_stream.pipeline.backlog import Backlog
 from exchange_stream.pipeline.gate import DependencyGate
 from exchange_stream.read.audit import ReadAudit
 from exchange_stream.read.tokens import RecipientTokenService
@@ -33,6 +34,7 @@ class WebContext:
     tokens: RecipientTokenService
     audit: ReadAudit
     match_keys: MatchKeys
+    backlog: Backlog | None = None
 
     @property
     def pool(self) -> asyncpg.Pool:

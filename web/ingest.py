@@ -75,6 +75,14 @@ async def _ingest(request: web.Request, fmt: IngestFormat) -> web.Response:
         return error(401, "unauthorized")
     if not principal.can(INGEST):
         return error(403, "forbidden")
+    backlog = ctx.backlog
+    if backlog is not None and backlog.shedding():
+        # Before the body is read: a refused request costs the worker almost nothing, and
+        # nothing is written, so the client's retry with the same key works later.
+        metrics.ingest_shed_total.labels(fmt.route).inc()
+        return error(
+            503, "normalizer backlog over its limit", headers={"Retry-After": backlog.retry_after()}
+        )
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return error(400, "missing header: Idempotency-Key")

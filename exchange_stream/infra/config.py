@@ -117,6 +117,12 @@ class Settings:
     # Bodies a worker stored, kept in memory for its own normalizer (infra/storage.py); 0: off.
     raw_cache_mb: int = 64
     outbox_linger_ms: int = 30
+    # Ingest sheds (503 + Retry-After) while the normalizer is this many records behind
+    # (pipeline/backlog.py); 0: never. Sampled every INGEST_BACKLOG_SAMPLE_MS.
+    ingest_max_backlog: int = 20_000
+    ingest_backlog_sample_ms: int = 1000
+    ingest_shed_retry_after_min_s: int = 1
+    ingest_shed_retry_after_max_s: int = 30
     kafka_session_timeout_s: int = 10
     kafka_fetch_max_wait_ms: int = 100
     recipient_cache_ttl_s: float = 5.0
@@ -297,6 +303,10 @@ class Settings:
             pg_batch_custom_plans=get_bool("PG_BATCH_CUSTOM_PLANS", True),
             raw_cache_mb=get_int("RAW_CACHE_MB", 64, 0),
             outbox_linger_ms=get_int("OUTBOX_LINGER_MS", 30, 0),
+            ingest_max_backlog=get_int("INGEST_MAX_BACKLOG", 20_000, 0),
+            ingest_backlog_sample_ms=get_int("INGEST_BACKLOG_SAMPLE_MS", 1000, 50),
+            ingest_shed_retry_after_min_s=get_int("INGEST_SHED_RETRY_AFTER_MIN_S", 1, 1),
+            ingest_shed_retry_after_max_s=get_int("INGEST_SHED_RETRY_AFTER_MAX_S", 30, 1),
             kafka_session_timeout_s=get_int("KAFKA_SESSION_TIMEOUT_S", 10, 6),
             kafka_fetch_max_wait_ms=get_int("KAFKA_FETCH_MAX_WAIT_MS", 100, 1),
             recipient_cache_ttl_s=get_float("RECIPIENT_CACHE_TTL_S", 5.0, 0.0),
@@ -317,6 +327,10 @@ class Settings:
             log_level=get("LOG_LEVEL", "INFO").upper(),
             data_dir=get("DATA_DIR", "exchange-stream-data"),
         )
+        if settings.ingest_shed_retry_after_min_s > settings.ingest_shed_retry_after_max_s:
+            problems.append(
+                "INGEST_SHED_RETRY_AFTER_MIN_S must not exceed INGEST_SHED_RETRY_AFTER_MAX_S"
+            )
         problems += settings.secret_problems(name for name in _SECRET_DEFAULTS if e.get(name))
         if problems:
             raise ConfigError(*problems)

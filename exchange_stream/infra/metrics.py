@@ -24,6 +24,20 @@ ingest_latency_seconds = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+ingest_backlog = Gauge(
+    "ingest_backlog",
+    "Accepted records the normalizer has not taken yet (outbox pending + the group's lag on the "
+    "ingested topics), as last sampled by this worker; ingest sheds over INGEST_MAX_BACKLOG.",
+    registry=REGISTRY,
+)
+
+ingest_shed_total = Counter(
+    "ingest_shed_total",
+    "Ingest requests answered 503 because the normalizer's backlog was over its limit.",
+    ["route"],
+    registry=REGISTRY,
+)
+
 outbox_pending = Gauge(
     "outbox_pending",
     "Outbox rows not yet published, as last seen by this worker's relay.",
