@@ -181,3 +181,21 @@ async def test_concurrent_migrators_apply_each_migration_once(stack, settings: S
         assert applied == [m.version for m in discover()]
     finally:
         await drop_database(settings.dsn, name)
+
+
+async def test_functions_on_the_write_path_keep_their_plans_for_the_session(
+    db: asyncpg.Pool,
+) -> None:
+    """Migration 0019: the outbox insert of every ingest is planned once per session (PL/pgSQL,
+    not a SQL function planned again at each call from ingest_once), and the linker keeps
+    generic plans even on the normalizer's connections, which force custom plans."""
+    lang = await db.fetchval(
+        "SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang "
+        "WHERE p.proname = 'outbox_enqueue'"
+    )
+    assert lang == "plpgsql"
+    config = await db.fetchval(
+        "SELECT proconfig FROM pg_proc WHERE proname = 'link_persons_of_records'"
+    )
+    assert "plan_cache_mode=force_generic_plan" in config
+    assert "enable_seqscan=off" in config
