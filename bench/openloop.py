@@ -1,16 +1,25 @@
 """Open-loop (fixed-rate) load on /v2/ingest, with latency counted from each scheduled send time.
 
     .venv/bin/python bench/openloop.py --url http://127.0.0.1:8080 --rate 100,200,400
-                                       [--duration 15] [--processes 2] [--slo-p99-ms 250]
+                                       [--duration 15] [--client go|python] [--processes N]
+                                       [--slo-p99-ms 250]
 
 wrk is closed-loop: when the server slows down, it sends less, and the requests it did not send
 never show up in its latency (coordinated omission). Here every request has a due time fixed in
-advance (``--processes`` client processes, each sending ``rate / processes`` per second on
-interleaved schedules), and its latency is measured from that due time, so a stall counts for
-every request that should have been sent during it. ``late p99`` says how far behind schedule
-the client itself started sending: if it is large while the client's CPU is high, the client,
-not the server, is the limit. Each row shows the clients' CPU (rusage of the child processes)
-as % of one core. Needs aiohttp (a project dependency) and the FHIR fixtures of ``harness``.
+advance, and its latency is measured from that due time, so a stall counts for every request
+that should have been sent during it. ``late p99`` says how far behind schedule the client
+itself started sending: if it is large while the client's CPU is high, the client, not the
+server, is the limit. Each row shows the clients' CPU (rusage of the child processes) as % of
+one core.
+
+The client is ``bench/loadgen`` (Go, standard library only), built on first use into
+``.cache/bin/loadgen`` (again whenever its source is newer) when ``go`` is on PATH or at
+/usr/local/go/bin/go: one process (``--processes`` more interleave their schedules), one
+thread around epoll. At 600 requests/s on the 2-core bench machine it costs 3-4 % of a core
+(start-up and the 1.5 s lead included), where the Python client (``--client python``: aiohttp,
+two processes by default, each sending ``rate / processes`` per second on interleaved
+schedules) costs 25-40 %, CPU taken from the server it measures. Both take the FHIR fixtures of
+``harness``; the Python client needs aiohttp (a project dependency).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +42,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL_HINT = "aiohttp is missing: run `make venv` (or `.venv/bin/pip install aiohttp`)"
+LOADGEN_SOURCE = ROOT / "bench" / "loadgen"
+LOADGEN_BINARY = ROOT / ".cache" / "bin" / "loadgen"
+GO_FALLBACK = Path("/usr/local/go/bin/go")
+CLIENTS = ("go", "python")
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 
@@ -54,6 +68,7 @@ class OpenLoopResult:
     label: str = ""
     # Epoch seconds of the first due time: the load window is [started_at, started_at + seconds).
     started_at: float = 0.0
+    client: str = ""
 
     @property
     def ok_per_second(self) -> float:
@@ -151,6 +166,75 @@ def _child_main(argv: list[str]) -> None:
     sys.stdout.write(json.dumps(result))
 
 
+# ---------------------------------------------------------------------- the clients ----
+
+
+def go_tool() -> str | None:
+    """The ``go`` command: on PATH, else where the Go tarball installs it; None without Go."""
+    found = shutil.which("go")
+    if found:
+        return found
+    return str(GO_FALLBACK) if GO_FALLBACK.exists() else None
+
+
+def default_client() -> str:
+    """``go`` when Go is installed (the binary is built from bench/loadgen), else ``python``."""
+    return "go" if go_tool() else "python"
+
+
+def loadgen_binary() -> Path:
+    """``.cache/bin/loadgen``, built first when missing or older than its source."""
+    sources = [*LOADGEN_SOURCE.glob("*.go"), LOADGEN_SOURCE / "go.mod"]
+    newest = max(p.stat().st_mtime for p in sources)
+    if LOADGEN_BINARY.exists() and LOADGEN_BINARY.stat().st_mtime >= newest:
+        return LOADGEN_BINARY
+    go = go_tool()
+    if go is None:
+        raise SystemExit("go is missing: install Go or pass --client python")
+    LOADGEN_BINARY.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GOTOOLCHAIN": "local"}
+    if not (env.get("GOCACHE") or env.get("XDG_CACHE_HOME") or env.get("HOME")):
+        env["GOCACHE"] = str(ROOT / ".cache" / "go-build")
+    # Built beside the binary, then renamed: a concurrent run never executes half a file.
+    partial = LOADGEN_BINARY.with_name(f"loadgen.{os.getpid()}.tmp")
+    started = time.monotonic()
+    built = subprocess.run(
+        [go, "build", "-o", str(partial), "."],
+        cwd=LOADGEN_SOURCE,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"go build of {LOADGEN_SOURCE} failed:\n{built.stderr}")
+    os.replace(partial, LOADGEN_BINARY)
+    print(
+        f"built {LOADGEN_BINARY.relative_to(ROOT)} in {time.monotonic() - started:.1f} s",
+        file=sys.stderr,
+    )
+    return LOADGEN_BINARY
+
+
+def prepare_client(client: str | None = None) -> str:
+    """Resolve ``client`` (None: the default) and make it ready to start at once.
+
+    A caller that fixes the first due time before calling ``run_openloop`` calls this first,
+    so that a build of the Go client does not eat into the lead.
+    """
+    client = client or default_client()
+    if client == "go":
+        loadgen_binary()
+    elif client == "python":
+        try:
+            import aiohttp  # noqa: F401  (the children need it; fail here with a hint)
+        except ImportError:
+            raise SystemExit(INSTALL_HINT) from None
+    else:
+        raise ValueError(f"client {client!r}: one of {', '.join(CLIENTS)}")
+    return client
+
+
 # --------------------------------------------------------------------- the driver ----
 
 
@@ -160,31 +244,41 @@ def run_openloop(
     rate: float,
     duration_s: float,
     bodies_path: Path,
-    processes: int = 2,
+    processes: int | None = None,
     connections_per_process: int = 256,
     timeout_s: float = 30.0,
     server_pids: list[int] | None = None,
     label: str = "",
     start_at: float | None = None,
+    client: str | None = None,
 ) -> OpenLoopResult:
     """Send ``rate`` requests/s to ``url`` for ``duration_s`` from ``processes`` processes.
 
-    ``url`` is the endpoint itself (e.g. ``http://127.0.0.1:8080/v2/ingest``), or several
-    endpoints: client process i sends to ``url[i % len(url)]``, so with a multiple of their
-    number as ``processes`` the load is spread evenly. Requests still running ``timeout_s``
-    after the schedule ends are counted as ``unfinished``. ``start_at`` (epoch seconds) is the
-    first due time, by default 1.5 s from now; a caller that sets it knows the load window.
+    ``client`` is ``go`` (bench/loadgen; the default when Go is installed) or ``python``
+    (aiohttp); ``processes`` defaults to 1 for the first and 2 for the second. ``url`` is the
+    endpoint itself (e.g. ``http://127.0.0.1:8080/v2/ingest``), or several endpoints: the Go
+    client sends request n of the whole schedule to ``url[n % len(url)]``; Python client
+    process i sends to ``url[i % len(url)]``, so with a multiple of their number as
+    ``processes`` the load is spread evenly. Requests still running ``timeout_s`` after the
+    schedule ends are counted as ``unfinished``. ``start_at`` (epoch seconds) is the first due
+    time, by default 1.5 s from now; a caller that sets it knows the load window (and calls
+    ``prepare_client`` before choosing it).
     """
     from wrk import CpuMeter
 
-    try:
-        import aiohttp  # noqa: F401  (the children need it; fail here with a hint)
-    except ImportError:
-        raise SystemExit(INSTALL_HINT) from None
+    client = prepare_client(client)
+    if processes is None:
+        processes = 1 if client == "go" else 2
     urls = [url] if isinstance(url, str) else list(url)
     if not urls:
         raise ValueError("no URL to send to")
     prefix = f"open-{uuid.uuid4().hex[:12]}"
+    if start_at is not None and start_at < time.time():
+        print(
+            f"openloop: starting {time.time() - start_at:.1f} s after the first due time "
+            "(call prepare_client before choosing start_at)",
+            file=sys.stderr,
+        )
     if start_at is None:
         # Time for the children to import aiohttp and read the bodies before the first due time.
         start_at = time.time() + 1.5
@@ -195,12 +289,15 @@ def run_openloop(
     for i in range(processes):
         out = tempfile.TemporaryFile()
         outputs.append(out)
+        if client == "go":
+            # Every process gets every URL and spreads its requests over them itself.
+            head = [str(LOADGEN_BINARY), *(f"--url={u}" for u in urls)]
+        else:
+            head = [sys.executable, str(Path(__file__).resolve()), "--child"]
+            head += ["--url", urls[i % len(urls)]]
         cmd = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--child",
-            *("--url", urls[i % len(urls)], "--prefix", f"{prefix}-p{i}"),
-            *("--bodies", str(bodies_path)),
+            *head,
+            *("--prefix", f"{prefix}-p{i}", "--bodies", str(bodies_path)),
             *("--rate", f"{rate / processes!r}", "--duration", str(duration_s)),
             *("--start-at", repr(start_at), "--timeout", str(timeout_s)),
             *("--drain", str(timeout_s), "--phase", str(i), "--processes", str(processes)),
@@ -248,6 +345,7 @@ def run_openloop(
         machine_busy_pct=machine,
         label=label,
         started_at=start_at,
+        client=client,
     )
 
 
@@ -273,7 +371,10 @@ def main() -> None:
     parser.add_argument("--url", required=True, help="base URL; /v2/ingest is added to a bare one")
     parser.add_argument("--rate", default="100,200,400", help="requests/s, comma list")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per rate")
-    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument(
+        "--client", choices=CLIENTS, help=f"default: {default_client()} (go when Go is installed)"
+    )
+    parser.add_argument("--processes", type=int, help="client processes (go: 1, python: 2)")
     parser.add_argument("--server-pid", type=int, action="append", default=[])
     parser.add_argument("--slo-p99-ms", type=float, default=250.0)
     parser.add_argument("--output", default=str(ROOT / "bench/results/openloop.json"))
@@ -281,10 +382,12 @@ def main() -> None:
     from wrk import write_bodies
 
     url = args.url if args.url.rstrip("/").count("/") > 2 else args.url.rstrip("/") + "/v2/ingest"
+    client = prepare_client(args.client)
+    processes = args.processes or (1 if client == "go" else 2)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         bodies_path = write_bodies(Path(tmp) / "bodies.jsonl")
-        print(f"{url}, {args.processes} client processes, {args.duration:g} s per rate")
+        print(f"{url}, {client} client, {processes} process(es), {args.duration:g} s per rate")
         print(HEADER + "   (ms from the due time; CPU in % of one core)")
         for rate in (float(x) for x in args.rate.split(",")):
             row = run_openloop(
@@ -292,8 +395,9 @@ def main() -> None:
                 rate=rate,
                 duration_s=args.duration,
                 bodies_path=bodies_path,
-                processes=args.processes,
+                processes=processes,
                 server_pids=args.server_pid,
+                client=client,
             )
             rows.append(row)
             print(format_row(row), flush=True)

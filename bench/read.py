@@ -68,7 +68,7 @@ import asyncpg
 import orjson
 from compare_seed import settle, start_worker, topics
 from harness import ROOT, GitRef, bodies, machine
-from openloop import OpenLoopResult, run_openloop
+from openloop import OpenLoopResult, prepare_client, run_openloop
 from wrk import CpuMeter, WrkResult, parse_wrk_output, require_wrk
 
 from exchange_stream.infra.config import Settings
@@ -454,6 +454,7 @@ def with_ingest(
 
     Ingest starts INGEST_LEAD_S before the read window and ends INGEST_LEAD_S after it.
     """
+    prepare_client()  # a build of the Go client would otherwise delay the ingest past the lead
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         launched = time.monotonic()
         ingest = pool.submit(

@@ -1,0 +1,3 @@
+module exchange-stream/bench/loadgen
+
+go 1.22
