@@ -57,7 +57,7 @@ import orjson
 from compare_seed import database_env, ensure_database, migrate, settle
 from harness import ROOT, GitRef, Machine, bodies, machine, wait_ready
 from openloop import OpenLoopResult, run_openloop
-from stackprocs import WindowMeter
+from stackprocs import WindowMeter, stack_pids
 
 from exchange_stream.infra.config import Settings
 from tests.support import WorkerProcess, drop_database
@@ -573,6 +573,11 @@ def measure(
     stats = asyncio.run(canonical_stats(dsn, source, load_end))
     work = per_record(work_before, work_counters(dsn, [w.base_url for w in workers]), result.ok)
     worker_cpu_s = sum(v or 0.0 for k, v in used.items() if k.startswith("worker"))
+    # Every measured process's CPU per record over the window and the drain: the workers
+    # together, then each server of the stack; the client is not among them.
+    split = {"worker": worker_cpu_s}
+    split.update({k: v for k, v in used.items() if not k.startswith("worker") and v is not None})
+    cpu_ms = {k: 1000 * v / result.ok if result.ok else math.nan for k, v in split.items()}
     bodies_path.unlink()
     return Measurement(
         label=label,
@@ -595,7 +600,7 @@ def measure(
         client_processes=processes,
         machine_busy_pct=busy,
         loop_lag_ms=lag_summary(lag_before, lag_after),
-        extra={"per_record": work},
+        extra={"per_record": work, "cpu_ms_per_record": cpu_ms},
     )
 
 
@@ -636,6 +641,15 @@ def print_table(title: str, rows: Sequence[Measurement], slo_p99_ms: float) -> N
         print(format_row(m))
         if m.errors:
             print(f"{'':>6}errors: {m.errors}")
+    print(
+        "machine CPU per record, ms (window and drain; worker, Postgres, Kafka, S3 server; "
+        "the client excluded):"
+    )
+    for m in rows:
+        split = m.extra.get("cpu_ms_per_record") or {}
+        if split:
+            parts = "  ".join(f"{k} {v:.2f}" for k, v in split.items())
+            print(f"{m.target_rate:>6.0f}  total {sum(split.values()):.2f} = {parts}")
     print("work per record (counted by Postgres for this run's database, and by the workers):")
     for m in rows:
         w = m.extra.get("per_record") or {}
@@ -755,6 +769,8 @@ def run_variants(
                 flush=True,
             )
             all_pids = [w.proc.pid for w in workers.values() if w.proc is not None]
+            servers = {name: [pid] for name, pid in stack_pids().items()}
+            print(f"stack servers measured: {', '.join(servers) or 'none found'}", flush=True)
             for v in variants:
                 if args.warmup > 0:
                     measure(
@@ -781,6 +797,7 @@ def run_variants(
                     processes=args.processes,
                     workdir=tmp_path,
                     label=v.name,
+                    others=servers,
                     idle_pids=all_pids,
                     drain_deadline_s=args.drain_deadline,
                 )
