@@ -56,7 +56,7 @@ from pathlib import Path
 import orjson
 from compare_seed import database_env, ensure_database, migrate, settle
 from harness import ROOT, GitRef, Machine, bodies, machine, wait_ready
-from openloop import OpenLoopResult, run_openloop
+from openloop import OpenLoopResult, prepare_client, run_openloop
 from stackprocs import WindowMeter, stack_pids
 
 from exchange_stream.infra.config import Settings
@@ -551,7 +551,9 @@ def measure(
     work_before = work_counters(dsn, [w.base_url for w in workers])
     groups = {f"worker-{i + 1}": [pid] for i, pid in enumerate(pids)}
     groups.update(others or {})
-    # The children need about a second to start; the window is known before they do.
+    # The children need about a second to start; the window is known before they do (and a
+    # first build of the Go client happens before it is fixed).
+    prepare_client()
     start_at = time.time() + 1.5
     load_end = start_at + duration_s
     meter = WindowMeter(groups, start_at, load_end)

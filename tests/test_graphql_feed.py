@@ -27,7 +27,7 @@ query ($s: String, $after: String, $since: DateTime) {
   }
 }"""
 
-# The columns the normalizer writes (sql/queries/normalize.sql, normalize_commit_success).
+# The columns the normalizer writes (migration 0020's normalize_commit).
 INSERT = """
 INSERT INTO canonical_records
     (record_id, source, raw_object_key, raw_sha256, normalized, ingested_at, normalized_at,

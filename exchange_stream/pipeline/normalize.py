@@ -290,7 +290,7 @@ class Normalizer:
     async def _start(self, batch: list[Work]) -> None:
         rows = await self._db(
             "fetch",
-            q("normalize_start_attempts"),
+            q("normalize_start"),
             [w.record_id for w in batch],
             [w.event.correlation_id for w in batch],
             [w.event.version for w in batch],
@@ -318,8 +318,11 @@ class Normalizer:
             (w.record_id, w.row["match_tokens"])  # type: ignore[index]
             for w in linked
         )
-        commit = (
-            q("normalize_commit_success"),
+        # The canonical rows and their persons commit together, in one statement
+        # (docs/CONTRACT.md §9).
+        await self._db(
+            "execute",
+            q("normalize_commit"),
             [w.record_id for w in done],
             [w.attempt_no for w in done],
             col("source"),
@@ -333,17 +336,11 @@ class Normalizer:
             col("schema_hint"),
             [w.already_canonical for w in done],
             PIPELINE,
+            [w.record_id for w in linked],
+            owners,
+            rules,
+            tokens,
         )
-        link = (q("link_records"), [w.record_id for w in linked], owners, rules, tokens)
-
-        async def canonical_transaction(conn: asyncpg.Connection) -> None:
-            # The canonical rows and their persons commit together (docs/CONTRACT.md §9).
-            async with conn.transaction():
-                await conn.execute(*commit)
-                if linked:
-                    await conn.execute(*link)
-
-        await self._with_connection(canonical_transaction)
         now = time.time()
         for w in done:
             if w.row is None:

@@ -39,7 +39,7 @@ SINGLE = [
 # The normalizer's canonical transaction, held up half-way (see the module docstring), for longer
 # than Faust's offset commit interval (2.8 s): an offset acknowledged before its canonical write
 # would be committed by the time of the kill, and the record lost.
-CANONICAL_WRITE = ("canonical_records", "INSERT INTO canonical_records")
+CANONICAL_WRITE = ("canonical_records", "normalize_commit(")
 # The worker's one normalizer actor has at most one canonical write in flight. The timeout is
 # generous: how soon it waits depends on the machine, and a kill with none waiting would not test
 # the half-way case (asserted).
